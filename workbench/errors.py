@@ -1,0 +1,24 @@
+"""Errors the workbench raises for bad input: each message names the fix."""
+
+
+class WorkbenchError(Exception):
+    """Base class: a user-facing error whose message says what to do (CLI exit code 2)."""
+
+
+class UnknownModelError(WorkbenchError, KeyError):
+    """A model name that is neither registered nor a local folder."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ModelUnavailableError(WorkbenchError):
+    """Weights are not cached and cannot be fetched (e.g. no network)."""
+
+
+class InputError(WorkbenchError, ValueError):
+    """Empty prompt, context over the model's limit, head index out of range, bad option."""
+
+
+class CaptureMemoryError(WorkbenchError, MemoryError):
+    """An exact capture would not fit in memory; the message gives the bytes and the alternative."""
