@@ -1,0 +1,32 @@
+# Quick start:  make scan   (head atlas of smollm2-135m; prints the HTML report's path)
+#               make test   (the whole test suite)
+# Both create .venv and install what is missing first. Pass extra arguments with ARGS="...".
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch goes in first: a bare `torch` requirement can pull a multi-GB CUDA build.
+# On a machine without the local CPU wheel, e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH  ?= torch==2.13.0
+
+.PHONY: install scan test lab clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+scan: $(STAMP)
+	$(BIN)/workbench scan $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

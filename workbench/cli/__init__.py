@@ -1,0 +1,37 @@
+"""The ``workbench`` command line. Each subcommand lives in its own module with ``add_parser``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import WorkbenchError
+
+# subcommand modules, in the order `workbench --help` lists them
+COMMANDS = ("models_cmd", "scan_cmd", "pattern_cmd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description="Attention heads and in-context memory in language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point: parse, run, and turn WorkbenchError into a one-line message with exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except WorkbenchError as err:
+        print(f"workbench: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted (results written so far are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

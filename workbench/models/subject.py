@@ -1,0 +1,261 @@
+"""Subject: one loaded model with the facts every analysis needs, and TL / nnsight views on the same weights."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from . import attention
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Subject:
+    """A loaded causal LM (HF model + tokenizer) and its attention facts.
+
+    Heads are (layer, head) in query-head numbering; ``kv_group[h]`` is the key/value head
+    that query head ``h`` reads in grouped-query attention.
+    """
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    source: str = ""  # folder or hub id the weights came from
+    weights_note: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        cfg = self.model.config
+        self.n_layers: int = cfg.num_hidden_layers
+        self.n_heads: int = cfg.num_attention_heads
+        self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.d_model: int = cfg.hidden_size
+        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.vocab_size: int = cfg.vocab_size
+        self.context_limit: int = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+        types = getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers
+        self.layer_types: list[str] = ["sliding" if "sliding" in t else "full" for t in types]
+        self.sliding_window: int | None = getattr(cfg, "sliding_window", None) if "sliding" in self.layer_types else None
+        self.kv_group = np.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)
+        rope = getattr(cfg, "rope_parameters", None) or {}
+        self.positional: str = "rope" if (rope or getattr(cfg, "rope_theta", None)) else "learned"
+        self.model.eval()
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def local_layers(self) -> list[int]:
+        """Layers with sliding-window (local) attention."""
+        return [i for i, t in enumerate(self.layer_types) if t == "sliding"]
+
+    @property
+    def global_layers(self) -> list[int]:
+        """Layers with full (global) causal attention."""
+        return [i for i, t in enumerate(self.layer_types) if t == "full"]
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+    def facts(self) -> dict:
+        """The model facts recorded in every Atlas's metadata."""
+        return {
+            "model": self.name, "source": self.source, "weights_note": self.weights_note,
+            "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
+            "d_head": self.d_head, "d_model": self.d_model, "vocab_size": self.vocab_size,
+            "context_limit": self.context_limit, "layer_types": self.layer_types,
+            "sliding_window": self.sliding_window, "positional": self.positional,
+            "architecture": type(self.model).__name__, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+    def check_head(self, layer: int, head: int) -> None:
+        """Raise InputError unless (layer, head) exists in this model."""
+        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+            raise InputError(
+                f"head L{layer}H{head} is out of range: {self.name} has layers 0..{self.n_layers - 1} "
+                f"and heads 0..{self.n_heads - 1}"
+            )
+
+    def check_length(self, n_tokens: int) -> None:
+        """Raise InputError for an empty context or one longer than the model's limit."""
+        if n_tokens == 0:
+            raise InputError("the prompt is empty: give at least one token of text")
+        if n_tokens > self.context_limit:
+            raise InputError(
+                f"the context has {n_tokens} tokens but {self.name} takes at most {self.context_limit}: "
+                "shorten the text or choose a model with a longer context"
+            )
+
+    def __repr__(self) -> str:
+        return (f"Subject({self.name!r}: {self.n_layers} layers x {self.n_heads} heads "
+                f"({self.n_kv_heads} KV), d_head {self.d_head}, ctx {self.context_limit}, {self.device}, {self.dtype})")
+
+    # ------------------------------------------------------------- tokens
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.tokenizer.bos_token_id
+
+    @cached_property
+    def adds_bos(self) -> bool:
+        """Whether the tokenizer prepends BOS by itself."""
+        ids = self.tokenizer("a")["input_ids"]
+        return self.bos_token_id is not None and len(ids) > 0 and ids[0] == self.bos_token_id
+
+    def encode(self, text: str, prepend_bos: bool | None = None) -> torch.Tensor:
+        """Token ids (1-D) of ``text``; BOS prepended if asked (default: as the tokenizer does)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InputError("the prompt is empty: give at least one token of text")
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if prepend_bos if prepend_bos is not None else self.adds_bos:
+            if self.bos_token_id is None:
+                raise InputError(f"{self.name}'s tokenizer has no BOS token: call with prepend_bos=False")
+            ids = [self.bos_token_id] + ids
+        self.check_length(len(ids))
+        return torch.tensor(ids, dtype=torch.long)
+
+    def tokenize(self, texts: str | Sequence[str], prepend_bos: bool | None = None) -> dict[str, torch.Tensor]:
+        """A padded batch (right padding): ``input_ids`` and ``attention_mask`` (1 = real token)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if not texts:
+            raise InputError("no prompts given: pass at least one string")
+        rows = [self.encode(t, prepend_bos) for t in texts]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def to_str_tokens(self, ids) -> list[str]:
+        """Each token id as its own decoded string."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return [self.tokenizer.decode([i]) for i in ids]
+
+    # ------------------------------------------------------------- running
+    def as_batch(self, inputs) -> dict[str, torch.Tensor]:
+        """Normalise text, a list of texts, a 1-D/2-D id tensor or a tokenized dict into a checked batch on the device."""
+        if isinstance(inputs, (str, list, tuple)) and (isinstance(inputs, str) or all(isinstance(t, str) for t in inputs)):
+            batch = self.tokenize(inputs)
+        elif isinstance(inputs, dict):
+            batch = dict(inputs)
+        else:
+            ids = torch.as_tensor(inputs)
+            batch = {"input_ids": ids[None] if ids.ndim == 1 else ids}
+        ids = batch["input_ids"]
+        if ids.ndim != 2:
+            raise InputError(f"input_ids must be (batch, tokens), got shape {tuple(ids.shape)}")
+        self.check_length(ids.shape[1])
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size:
+            raise InputError(f"token ids must lie in 0..{self.vocab_size - 1}")
+        return {k: v.to(self.device) for k, v in batch.items() if v is not None}
+
+    @torch.no_grad()
+    def logits(self, inputs) -> torch.Tensor:
+        """Float32 next-token logits (B, N, vocab) of a forward pass under the active hooks."""
+        batch = self.as_batch(inputs)
+        return self.model(**batch, use_cache=False).logits.float()
+
+    @torch.no_grad()
+    def generate(self, prompt, max_new_tokens: int = 20, stop_at_newline: bool = False) -> str:
+        """Greedy continuation of ``prompt`` (text), with the KV cache, under the active hooks."""
+        batch = self.as_batch(prompt)
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        text = self.tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return text.split("\n")[0] if stop_at_newline else text
+
+    # ------------------------------------------------------------ weights
+    def attention_module(self, layer: int):
+        """The HF self-attention module of ``layer``."""
+        return self.model.get_decoder().layers[layer].self_attn
+
+    @cached_property
+    def final_norm_gain(self) -> torch.Tensor:
+        """Per-channel gain g of the final RMSNorm, up to a positive factor: diag(norm(sqrt(d) I))."""
+        norm = self.model.get_decoder().norm
+        eye = torch.eye(self.d_model, device=self.device, dtype=self.dtype) * self.d_model ** 0.5
+        with torch.no_grad():
+            return norm(eye).diagonal().float()
+
+    @torch.no_grad()
+    def direct_logits(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """Each head's direct logit effect W_U diag(g) W_O[h] z_h: z (B, Q, H, D) -> (H, B, Q, V), up to 1/rms."""
+        w_o = self.attention_module(layer).o_proj.weight.float()  # (d_model, H * D)
+        w_u = self.model.get_output_embeddings().weight.float()  # (V, d_model)
+        z = z.to(self.device, torch.float32)
+        heads = w_o.view(self.d_model, self.n_heads, self.d_head)
+        resid = torch.einsum("bqhd,mhd->hbqm", z, heads) * self.final_norm_gain
+        return resid @ w_u.T
+
+    # ------------------------------------------------- other front ends
+    @cached_property
+    def bridge(self):
+        """A TransformerLens ``TransformerBridge`` over the same parameters (built once, on first use).
+
+        The bridge replaces modules in the model it wraps, so it wraps a structural clone whose
+        parameters and buffers are this model's own tensors (no second copy of the weights).
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+
+        shared = {id(t): t for t in [*self.model.parameters(), *self.model.buffers()]}
+        clone = copy.deepcopy(self.model, memo=shared)
+        if not getattr(clone.config, "architectures", None):  # models built in memory; TL dispatches on it
+            clone.config.architectures = [type(clone).__name__]
+        return TransformerBridge.boot_transformers(
+            self.source or self.name, hf_model=clone, tokenizer=self.tokenizer, device=str(self.device)
+        )
+
+    @cached_property
+    def nn(self):
+        """An nnsight ``LanguageModel`` over this very model (workbench hooks apply inside its traces)."""
+        from nnsight import LanguageModel
+
+        return LanguageModel(self.model, tokenizer=self.tokenizer)
+
+
+def from_pretrained_folder(name: str, folder: str | Path, device=None, dtype=None,
+                           weights_note: str = "", meta: dict | None = None) -> Subject:
+    """Load an HF folder (or hub id) as a Subject running the workbench attention."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    attention.register()
+    device = torch.device(device) if device is not None else default_device()
+    hf_logging.disable_progress_bar()  # loading a cached folder takes ~0.5 s: no bar
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype or torch.float32, attn_implementation=attention.IMPLEMENTATION
+        ).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    finally:
+        hf_logging.enable_progress_bar()
+    return Subject(name=name, model=model, tokenizer=tokenizer, source=str(folder),
+                   weights_note=weights_note, meta=meta or {})
+
+
+def from_model(model, tokenizer, name: str = "custom", weights_note: str = "") -> Subject:
+    """Wrap an already-built HF causal LM (e.g. a tiny random model in tests) as a Subject."""
+    attention.register()
+    model.set_attn_implementation(attention.IMPLEMENTATION)
+    return Subject(name=name, model=model, tokenizer=tokenizer, weights_note=weights_note)

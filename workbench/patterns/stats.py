@@ -1,0 +1,63 @@
+"""Streamed attention statistics for long contexts: one forward pass, never an N x N matrix.
+
+The StatsRecorder hook hands each selected layer's post-RoPE queries and keys to
+``workbench.kernels.attention_stats`` (Triton on a GPU, the chunked PyTorch reference on a CPU)
+while the layer's own output still comes from SDPA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models.attention import AttentionCall, AttentionHook, hooks_active
+
+
+class StatsRecorder(AttentionHook):
+    """Reduces the requested statistics for each selected layer and keeps them on the CPU."""
+
+    def __init__(self, layers, request, backend: str = "auto"):
+        self.layers = frozenset(layers)
+        self.request = request
+        self.backend = backend
+        self.stats: dict[int, list[dict[str, torch.Tensor]]] = {layer: [] for layer in self.layers}
+
+    def on_qk(self, call: AttentionCall, query, key):
+        from ..kernels import attention_stats
+
+        key_mask = None
+        if call.visible is not None:  # a padded batch: keys no query may see are padding
+            seen = call.visible[:, 0].any(-2).expand(query.shape[0], -1)
+            key_mask = None if bool(seen.all()) else seen
+        out = attention_stats(query, key, self.request, scale=call.scaling, window=call.window,
+                              key_mask=key_mask, softcap=call.softcap, backend=self.backend)
+        self.stats[call.layer].append({k: v.detach().cpu() for k, v in out.items()})
+
+
+@dataclass
+class StatsCapture:
+    """Statistics per layer: ``stats[layer][name]`` with the kernels' shapes (B, H, Nq, ...) or reduced."""
+
+    input_ids: torch.Tensor
+    stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """One statistic for every captured layer: (L, ...) in layer order."""
+        return torch.stack([self.stats[layer][name] for layer in sorted(self.stats)])
+
+
+@torch.no_grad()
+def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto", extra_hooks=()) -> StatsCapture:
+    """Run ``inputs`` once and return the requested attention statistics (an AttentionStatsRequest) per layer."""
+    batch = subject.as_batch(inputs)
+    layers = list(range(subject.n_layers)) if layers is None else [int(l) for l in layers]
+    for layer in layers:
+        subject.check_head(layer, 0)
+    recorder = StatsRecorder(layers, request, backend)
+    with hooks_active(recorder, *extra_hooks):
+        subject.model(**batch, use_cache=False)
+    stats = {}
+    for layer, parts in recorder.stats.items():
+        stats[layer] = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if len(parts) > 1 else parts[0]
+    return StatsCapture(input_ids=batch["input_ids"].cpu(), stats=stats)
