@@ -55,6 +55,9 @@ class ScanContext:
 
 REGISTRY: dict[str, Detector] = {}
 
+# modules that register more detectors when imported (analyses outside this file add themselves here)
+DETECTOR_MODULES: tuple[str, ...] = ()
+
 
 def register(detector: Detector) -> Detector:
     """Add a detector to the registry (name must be new)."""
@@ -66,6 +69,10 @@ def register(detector: Detector) -> Detector:
 
 def resolve(names) -> list[Detector]:
     """Detectors by name (a comma-separated string or a list); clear error for unknown names."""
+    import importlib
+
+    for module in DETECTOR_MODULES:
+        importlib.import_module(module)
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY]
