@@ -67,12 +67,18 @@ def register(detector: Detector) -> Detector:
     return detector
 
 
-def resolve(names) -> list[Detector]:
-    """Detectors by name (a comma-separated string or a list); clear error for unknown names."""
+def available() -> list[str]:
+    """Names of every registered detector, the plugin modules' included."""
     import importlib
 
     for module in DETECTOR_MODULES:
         importlib.import_module(module)
+    return list(REGISTRY)
+
+
+def resolve(names) -> list[Detector]:
+    """Detectors by name (a comma-separated string or a list); clear error for unknown names."""
+    available()
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in REGISTRY]

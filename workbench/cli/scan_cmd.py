@@ -6,14 +6,14 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    from ..detectors import DEFAULT_DETECTORS, REGISTRY
+    from ..detectors import DEFAULT_DETECTORS, available
     from ..models import DEFAULT_MODEL
 
     p = sub.add_parser("scan", help="score every head with the detectors and write an atlas + HTML report")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered name, local HF folder or hub id (default {DEFAULT_MODEL})")
     p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
     p.add_argument("--detectors", default=",".join(DEFAULT_DETECTORS),
-                   help=f"comma-separated, from: {', '.join(REGISTRY)} (default: %(default)s)")
+                   help=f"comma-separated, from: {', '.join(available())} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of every stimulus (default 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: the GPU when present)")
     p.add_argument("--batch", type=int, default=10, help="repeated-token sequences (default 10)")
