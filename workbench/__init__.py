@@ -14,7 +14,7 @@ _LAZY = {
     "load": ("workbench.models", "load"),
     "Subject": ("workbench.models", "Subject"),
     "list_models": ("workbench.models", "list_models"),
-    "scan": ("workbench.scan", "scan"),
+    "scan": ("workbench.scanning", "scan"),
     "Atlas": ("workbench.atlas", "Atlas"),
     "capture": ("workbench.patterns", "capture"),
     "WorkbenchError": ("workbench.errors", "WorkbenchError"),

@@ -14,9 +14,12 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .patterns import capture
+from .patterns import ZRecorder, capture, capture_stats, predict_capture_bytes, select_heads
+from .patterns.memory import available_bytes
 from .scores import copying_score, duplicate_token_score, induction_score, previous_token_score, sink_rate
 from .scores.sinks import key_importance
+from .scores.streamed import (duplicate_token_from_lags, previous_token_from_lags,
+                              target_mass_from_stats)
 from .stimuli import random_token_ids, repeated_random_tokens
 
 
@@ -94,44 +97,109 @@ def _by_layer(cap, subject) -> torch.Tensor:
     return torch.stack([cap.patterns[layer].transpose(0, 1) for layer in range(subject.n_layers)])
 
 
-def _repeat_capture(subject, ctx: ScanContext):
-    """The repeated-random-token stimulus, with patterns (L, H, B, N, N) and head outputs z, captured once."""
+def _stats_by_layer(stats, subject, name) -> torch.Tensor:
+    """One streamed statistic of all heads as (L, H, B, Nq, ...)."""
+    return torch.stack([stats.stats[layer][name].transpose(0, 1) for layer in range(subject.n_layers)])
+
+
+def _capture_mode(subject, ctx, batch: int, n_tokens: int) -> str:
+    """'exact' if all patterns fit in memory, else 'streamed' (overridable with settings['capture'])."""
+    mode = ctx.settings.get("capture", "auto")
+    if mode not in ("auto", "exact", "streamed"):
+        raise InputError(f"capture must be auto, exact or streamed, got {mode!r}")
+    if mode != "auto":
+        return mode
+    need = predict_capture_bytes(subject, select_heads(subject), batch, n_tokens, batch_size=ctx.settings.get("batch_size"))
+    host, dev = available_bytes(torch.device("cpu")), available_bytes(subject.device)
+    fits = need["stored"] < 0.5 * host and need["transient"] < 0.5 * (host if subject.device.type == "cpu" else dev)
+    return "exact" if fits else "streamed"
+
+
+@dataclass
+class RepeatAttention:
+    """Attention on the repeated-random-token stimulus: exact patterns (L,H,B,N,N) or streamed statistics."""
+
+    stim: object
+    mode: str
+    patterns: torch.Tensor | None = None
+    lag_mass: torch.Tensor | None = None  # (L, H, B, N, bins)
+    edges: torch.Tensor | None = None
+    target_prob: torch.Tensor | None = None  # (L, H, B, N, 1)
+
+    def previous_token(self):
+        if self.mode == "exact":
+            return previous_token_score(self.patterns)
+        return previous_token_from_lags(self.lag_mass, self.edges)
+
+    def duplicate_token(self):
+        if self.mode == "exact":
+            return duplicate_token_score(self.patterns, self.stim.input_ids)
+        s = self.stim
+        return duplicate_token_from_lags(self.lag_mass, self.edges, s.seq_len, s.n_repeats, s.offset)
+
+    def induction(self):
+        if self.mode == "exact":
+            return induction_score(self.patterns, self.stim.induction_target)
+        return target_mass_from_stats(self.target_prob, self.stim.induction_target)
+
+
+def _repeat_attention(subject, ctx: ScanContext) -> RepeatAttention:
+    """The repeated-random-token stimulus and its attention, captured once per scan (exact or streamed)."""
     def build():
         s = ctx.settings
         stim = repeated_random_tokens(subject, s.get("seq_len", 50), s.get("n_repeats", 2), s.get("batch", 10), ctx.seed)
-        ctx.stimuli["repeated_random_tokens"] = stim.settings()
-        cap = capture(subject, stim.input_ids, z=True, batch_size=s.get("batch_size"))
-        return stim, _by_layer(cap, subject), cap.z
+        mode = _capture_mode(subject, ctx, *stim.input_ids.shape)
+        ctx.stimuli["repeated_random_tokens"] = {**stim.settings(), "capture": mode}
+        if mode == "exact":
+            cap = capture(subject, stim.input_ids, batch_size=s.get("batch_size"))
+            return RepeatAttention(stim, mode, patterns=_by_layer(cap, subject))
+        from .kernels import AttentionStatsRequest
+
+        lags = {0, 1, 2} | {k * stim.seq_len + d for k in range(1, stim.n_repeats) for d in (0, 1)}
+        edges = torch.tensor(sorted(lags))
+        request = AttentionStatsRequest(lag_bins=edges, targets=stim.induction_target, target_lags=(0,))
+        stats = capture_stats(subject, stim.input_ids, request)
+        return RepeatAttention(stim, mode, lag_mass=_stats_by_layer(stats, subject, "lag_mass"), edges=edges,
+                               target_prob=_stats_by_layer(stats, subject, "target_prob"))
 
     return ctx.get("repeat", build)
 
 
 def _previous_token(subject, ctx):
-    _, pats, _ = _repeat_capture(subject, ctx)
-    return {"previous_token": previous_token_score(pats).numpy()}
+    return {"previous_token": _repeat_attention(subject, ctx).previous_token().numpy()}
 
 
 def _duplicate_token(subject, ctx):
-    stim, pats, _ = _repeat_capture(subject, ctx)
-    return {"duplicate_token": duplicate_token_score(pats, stim.input_ids).numpy()}
+    return {"duplicate_token": _repeat_attention(subject, ctx).duplicate_token().numpy()}
 
 
 def _induction(subject, ctx):
-    stim, pats, _ = _repeat_capture(subject, ctx)
-    return {"induction": induction_score(pats, stim.induction_target).numpy()}
+    return {"induction": _repeat_attention(subject, ctx).induction().numpy()}
 
 
 def _copying(subject, ctx):
-    stim, pats, z = _repeat_capture(subject, ctx)
+    """Copying on the last queries of the first repeated sequences: exact rows of attention plus head outputs z."""
+    stim = _repeat_attention(subject, ctx).stim
     batch, n_queries = ctx.settings.get("copy_batch", 4), ctx.settings.get("copy_queries", 12)
     ids = stim.input_ids[:batch]
     queries = torch.arange(ids.shape[1] - n_queries, ids.shape[1])
+    mode = _capture_mode(subject, ctx, *ids.shape)
     ctx.stimuli["copying"] = {"kind": "repeated_random_tokens (first sequences)", "batch": int(ids.shape[0]),
-                              "queries": f"last {n_queries} positions"}
+                              "queries": f"last {n_queries} positions", "capture": mode}
+    if mode == "exact":
+        cap = capture(subject, ids, z=True, rows=queries)
+        rows, z = {layer: p.transpose(0, 1) for layer, p in cap.patterns.items()}, cap.z
+    else:
+        from .kernels import AttentionStatsRequest
+
+        zrec = ZRecorder(range(subject.n_layers))
+        stats = capture_stats(subject, ids, AttentionStatsRequest(rows=queries), extra_hooks=[zrec])
+        rows = {layer: stats.stats[layer]["rows"].transpose(0, 1) for layer in stats.stats}
+        z = {layer: torch.cat(parts) for layer, parts in zrec.z.items()}
     out = np.zeros((subject.n_layers, subject.n_heads))
     for layer in range(subject.n_layers):
-        logits = subject.direct_logits(layer, z[layer][:batch, queries]).cpu()  # (H, B, Q, V)
-        out[layer] = copying_score(logits, pats[layer][:, :batch][:, :, queries], ids, first_key=stim.offset).numpy()
+        logits = subject.direct_logits(layer, z[layer][:, queries]).cpu()  # (H, B, Q, V)
+        out[layer] = copying_score(logits, rows[layer], ids, first_key=stim.offset).numpy()
     return {"copying": out}
 
 

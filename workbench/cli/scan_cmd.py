@@ -28,7 +28,7 @@ def run(args) -> int:
 
     from .. import load
     from ..report import write_scan_report
-    from ..scan import scan
+    from ..scanning import scan
     from ..stimuli.text import paragraphs
 
     started = time.time()
