@@ -63,7 +63,7 @@ def test_induction_ranks_match_transformerlens_head_detector(smollm2, induction)
                                                 get_induction_head_detection_pattern)
 
     ours, ctx = induction
-    stim = ctx.cache["repeat"][0]
+    stim = ctx.cache["repeat"].stim
     tl = np.zeros_like(ours)
     for b in range(3):
         tokens = stim.input_ids[b:b + 1]
