@@ -19,6 +19,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=10, help="repeated-token sequences (default 10)")
     p.add_argument("--seq-len", type=int, default=50, help="random tokens per repeat (default 50)")
     p.add_argument("--repeats", type=int, default=2, help="presentations of the random block (default 2)")
+    p.add_argument("--capture", choices=("auto", "exact", "streamed"), default="auto",
+                   help="exact patterns, streamed statistics (O(N) memory, for long contexts), or auto: exact when it fits (default)")
     p.add_argument("--text", default=None, help="a text file whose paragraphs become the natural-text prompts of the sink detector")
     p.set_defaults(func=run)
 
@@ -33,7 +35,7 @@ def run(args) -> int:
 
     started = time.time()
     subject = load(args.model, device=args.device)
-    settings = {"batch": args.batch, "seq_len": args.seq_len, "n_repeats": args.repeats}
+    settings = {"batch": args.batch, "seq_len": args.seq_len, "n_repeats": args.repeats, "capture": args.capture}
     if args.text:
         settings["sink_texts"] = paragraphs(args.text, min_chars=300)
     atlas = scan(subject, detectors=args.detectors, seed=args.seed, settings=settings)
