@@ -28,11 +28,7 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsReq
     on CUDA tensors and the chunked PyTorch reference otherwise; "triton" on CPU tensors needs TRITON_INTERPRET=1.
     """
     scale = check_inputs(q, k, request, scale=scale, window=window, key_mask=key_mask, softcap=softcap)
-    if backend not in BACKENDS:
-        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        use_triton = q.is_cuda and q.dtype in KERNEL_DTYPES and importlib.util.find_spec("triton") is not None
-        backend = "triton" if use_triton else "reference"
+    backend = resolve_backend(backend, q)
     if backend == "triton":
         from workbench.kernels.triton_stats import MAX_BINS, MAX_TOPK, interpreting, triton_attention_stats
 
@@ -40,8 +36,9 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsReq
             raise InputError(f"the Triton backend takes float16, bfloat16 or float32 inputs, got {q.dtype}; "
                              "cast the inputs or use backend='reference'")
         if not q.is_cuda and not interpreting():
-            raise InputError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
-                             "imported (CPU interpreter); use backend='reference' on the CPU")
+            raise InputError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                             "workbench.kernels.triton_stats is imported (CPU interpreter, slow); use "
+                             "backend='reference' on the CPU")
         if (request.topk or 0) > MAX_TOPK:
             raise InputError(f"the Triton backend keeps at most top-{MAX_TOPK} in registers; ask for rows= "
                              "(exact rows) or use backend='reference'")
@@ -65,6 +62,17 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsReq
         skip = ("lse", "topk_index", "topk_prob", "rows")
         out.update({name: mean_over_queries(t, valid) for name, t in out.items() if name not in skip})
     return out
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """The backend that runs: "auto" means Triton for CUDA tensors of a kernel dtype when triton is installed, else
+    the reference (also on the CPU under TRITON_INTERPRET=1: the interpreter is for tests; ask for it by name)."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    use_triton = q.is_cuda and q.dtype in KERNEL_DTYPES and importlib.util.find_spec("triton") is not None
+    return "triton" if use_triton else "reference"
 
 
 def check_inputs(q, k, request, *, scale, window, key_mask, softcap) -> float:

@@ -13,6 +13,7 @@ at lag e, and bin b = G(edge_b) - G(edge_b+1); so only the few tiles holding an 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -26,11 +27,16 @@ _LN2 = tl.constexpr(0.6931471805599453)
 _FILL = tl.constexpr(-1.0e38)  # invisible key's score: exp2 gives exactly 0 and 0 * (m - FILL) stays finite
 _M_INIT = tl.constexpr(-1.0e30)  # running max before any visible key
 _BIG = tl.constexpr(2**30)
-_NAN = tl.constexpr(float("nan"))
 _INF = tl.constexpr(float("inf"))
 
 MAX_TOPK = 16  # in-register top-k; larger k: use request.rows or the reference backend
 MAX_BINS = 64  # lag bins / spans held in registers per row
+
+
+@triton.jit
+def _or_nan(keep, x):
+    """x where keep, else NaN (no NaN global: Triton 3.6 rejects a global that compares unequal to itself)."""
+    return tl.where(keep, x, _INF - _INF)
 
 
 @triton.jit
@@ -45,16 +51,16 @@ def _log2_score(raw, scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 @triton.jit
 def _stats_kernel(
-    Q, K, KMASK, EDGES, SPANS, TARGETS, TLAGS, LSE_IN,
-    O_LSE, O_ENT, O_FK, O_SPAN, O_LAG, O_TP, O_TL, O_TI, O_TV,
+    Q, K, KMASK, EDGES, SPANS, LSE_IN,
+    O_LSE, O_ENT, O_FK, O_SPAN, O_LAG, O_TI, O_TV,
     sqb, sqh, sqn, sqd, skb, skh, skn, skd,
-    Hq, Nq, Nk, n_groups, G, q_offset, window, first_k, n_edges, n_spans, n_tlags,
+    Hq, Nq, Nk, n_groups, G, q_offset, window, first_k, n_edges, n_spans,
     scale, softcap,
     D: tl.constexpr, D_PAD: tl.constexpr, GP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr, HAS_KMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr, LSE_GIVEN: tl.constexpr,
     DO_ENT: tl.constexpr, DO_FK: tl.constexpr, DO_SPANS: tl.constexpr, S_PAD: tl.constexpr,
-    DO_LAG: tl.constexpr, E_PAD: tl.constexpr, DO_TGT: tl.constexpr, TOPK: tl.constexpr, K_PAD: tl.constexpr,
-    PRECISION: tl.constexpr,
+    DO_LAG: tl.constexpr, E_PAD: tl.constexpr, TOPK: tl.constexpr, K_PAD: tl.constexpr,
+    PRECISION: tl.constexpr, DOT_F32: tl.constexpr,
 ):
     pid_r = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest query blocks start first
     pid_g = tl.program_id(1)
@@ -71,6 +77,8 @@ def _stats_kernel(
     d_ok = dd < D
     q = tl.load(Q + b * sqb + h[:, None].to(tl.int64) * sqh + qi[:, None].to(tl.int64) * sqn + dd[None, :] * sqd,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    if DOT_F32:  # the interpreter's tl.dot is wrong on bfloat16 (Triton 3.9)
+        q = q.to(tl.float32)
     k_base = K + b * skb + kvh * skh
 
     r_first = pid_r * BLOCK_R
@@ -91,8 +99,12 @@ def _stats_kernel(
     ecol = tl.arange(0, E_PAD)
     lag_acc = tl.zeros([BLOCK_R, E_PAD], tl.float32)  # column i: +G(edge_i) - G(edge_i+1), relative to m_lag
     m_lag = tl.full([BLOCK_R], _M_INIT, tl.float32)
-    if DO_LAG:
-        ev = tl.load(EDGES + ecol, mask=ecol < n_edges, other=_BIG)
+    if DO_LAG:  # edges i_lo <= i < i_hi have their key (qpos - edge) in the current tile for some row; tiles move
+        # right, so both bounds only fall: scalars e_lo = edge[i_lo - 1], e_hi = edge[i_hi - 1] track them
+        i_lo = n_edges
+        i_hi = n_edges
+        e_lo = tl.load(EDGES + n_edges - 1)
+        e_hi = e_lo
     scol = tl.arange(0, S_PAD)
     span_acc = tl.zeros([BLOCK_R, S_PAD], tl.float32)
     m_span = tl.full([BLOCK_R], _M_INIT, tl.float32)
@@ -108,6 +120,8 @@ def _stats_kernel(
         kk = start + tl.arange(0, BLOCK_N)
         kt = tl.load(k_base + kk[:, None].to(tl.int64) * skn + dd[None, :] * skd,
                      mask=(kk[:, None] < Nk) & d_ok[None, :], other=0.0)
+        if DOT_F32:
+            kt = kt.to(tl.float32)
         s = _log2_score(tl.dot(q, tl.trans(kt), input_precision=PRECISION), scale, softcap, HAS_SOFTCAP)
         if HAS_KMASK:
             km = tl.load(KMASK + b * Nk + kk, mask=kk < Nk, other=0)
@@ -125,7 +139,10 @@ def _stats_kernel(
                     vis = vis & (kk[None, :] > qpos[:, None] - window)
                 s = tl.where(vis, s, _FILL)
 
-        m_t = tl.max(s, 1)
+        if TOPK == 1:  # one reduction gives the tile's row max and its lowest arg-max
+            m_t, t_i = tl.max(s, 1, return_indices=True, return_indices_tie_break_left=True)
+        else:
+            m_t = tl.max(s, 1)
         if LSE_GIVEN:
             m_new = m_i
         else:
@@ -148,11 +165,12 @@ def _stats_kernel(
                     part = tl.sum(tl.where((kk[None, :] >= s0) & (kk[None, :] < s1), p, 0.0), 1)
                     span_acc += tl.where(scol[None, :] == si, part[:, None], 0.0)
         if DO_LAG:
-            # edges whose key position (qpos - edge) falls in this tile for some row: i_lo <= i < i_hi
-            packed = tl.sum((ev < q_lo - (start + BLOCK_N - 1)).to(tl.int32)
-                            + (ev <= q_hi - start).to(tl.int32) * 65536, 0)
-            i_lo = packed % 65536
-            i_hi = packed // 65536
+            while e_hi > q_hi - start:  # every row's key at lag e_hi lies left of this tile
+                i_hi -= 1
+                e_hi = tl.load(EDGES + i_hi - 1, mask=i_hi > 0, other=-_BIG)
+            while e_lo >= q_lo - (start + BLOCK_N - 1):  # some row's key at lag e_lo is in or left of this tile
+                i_lo -= 1
+                e_lo = tl.load(EDGES + i_lo - 1, mask=i_lo > 0, other=-_BIG)
             if i_hi > i_lo:
                 lag_acc = lag_acc * tl.exp2(m_lag - m_new)[:, None]
                 m_lag = m_new
@@ -163,10 +181,9 @@ def _stats_kernel(
                     g = tl.where((pe >= start) & (pe < start + BLOCK_N), g, 0.0)[:, None]
                     lag_acc += tl.where(ecol[None, :] == i, g, 0.0) - tl.where(ecol[None, :] == i - 1, g, 0.0)
         if TOPK == 1:
-            t_i = tl.min(tl.where(s == m_t[:, None], kk[None, :], _BIG), 1)
             better = m_t > top_v  # strict: on ties the earlier (lower) index stays
             top_v = tl.where(better, m_t, top_v)
-            top_i = tl.where(better, t_i, top_i)
+            top_i = tl.where(better, start + t_i, top_i)
         elif TOPK > 1:
             work = s
             for _ in tl.static_range(TOPK):
@@ -190,16 +207,16 @@ def _stats_kernel(
     if not LSE_GIVEN:  # the second pass reads O_LSE; leave it as the first pass wrote it
         tl.store(O_LSE + out_row, lse2 * _LN2, mask=row_ok)
     if DO_ENT:
-        tl.store(O_ENT + out_row, tl.where(valid, (tl.log2(l_i) + a_i * inv_l) * _LN2, _NAN), mask=row_ok)
+        tl.store(O_ENT + out_row, _or_nan(valid, (tl.log2(l_i) + a_i * inv_l) * _LN2), mask=row_ok)
     if DO_FK:
-        tl.store(O_FK + out_row, tl.where(valid, fk_i * inv_l, _NAN), mask=row_ok)
+        tl.store(O_FK + out_row, _or_nan(valid, fk_i * inv_l), mask=row_ok)
     if DO_LAG:
         lag = lag_acc * (tl.exp2(m_lag - m_i) * inv_l)[:, None]
-        tl.store(O_LAG + out_row[:, None] * (n_edges - 1) + ecol[None, :], tl.where(valid[:, None], lag, _NAN),
+        tl.store(O_LAG + out_row[:, None] * (n_edges - 1) + ecol[None, :], _or_nan(valid[:, None], lag),
                  mask=row_ok[:, None] & (ecol[None, :] < n_edges - 1))
     if DO_SPANS:
         span = span_acc * (tl.exp2(m_span - m_i) * inv_l)[:, None]
-        tl.store(O_SPAN + out_row[:, None] * n_spans + scol[None, :], tl.where(valid[:, None], span, _NAN),
+        tl.store(O_SPAN + out_row[:, None] * n_spans + scol[None, :], _or_nan(valid[:, None], span),
                  mask=row_ok[:, None] & (scol[None, :] < n_spans))
     if TOPK > 1:
         o = out_row[:, None] * TOPK + kcol[None, :]
@@ -209,34 +226,61 @@ def _stats_kernel(
     elif TOPK == 1:
         tl.store(O_TI + out_row, top_i.to(tl.int64), mask=row_ok)
         tl.store(O_TV + out_row, tl.where(top_i >= 0, top_v * _LN2, -_INF), mask=row_ok)
-    if DO_TGT:
-        tg = tl.load(TARGETS + b * Nq + qi, mask=row_ok, other=-1)
-        qf = q.to(tl.float32)
-        for li in range(n_tlags):
-            tk = tg + tl.load(TLAGS + li)
-            ok = row_ok & valid & (tg >= 0) & (tk >= 0) & (tk <= qpos)
-            if HAS_WINDOW:
-                ok = ok & (tk > qpos - window)
-            if HAS_KMASK:
-                ok = ok & (tl.load(KMASK + b * Nk + tk, mask=ok, other=0) != 0)
-            kv = tl.load(k_base + tk[:, None].to(tl.int64) * skn + dd[None, :] * skd,
-                         mask=ok[:, None] & d_ok[None, :], other=0.0)
-            s2 = _log2_score(tl.sum(qf * kv.to(tl.float32), 1), scale, softcap, HAS_SOFTCAP)
-            o = out_row * n_tlags + li
-            tl.store(O_TL + o, tl.where(ok, s2 * _LN2, _NAN), mask=row_ok)
-            tl.store(O_TP + o, tl.where(ok, tl.exp2(s2 - lse2), _NAN), mask=row_ok)
+
+
+@triton.jit
+def _target_kernel(
+    Q, K, KMASK, TARGETS, TLAGS, LSE, O_TP, O_TL,
+    sqb, sqh, sqn, sqd, skb, skh, skn, skd,
+    Hq, Nq, Nk, G, q_offset, window, n_tlags, scale, softcap,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_Q: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, HAS_KMASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+):
+    """Score and probability of each query's target keys (target + lag), given the row log-sum-exp."""
+    pid_h = tl.program_id(1)
+    b = (pid_h // Hq).to(tl.int64)
+    h = (pid_h % Hq).to(tl.int64)
+    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    row_ok = qi < Nq
+    qpos = qi + q_offset
+    out_row = (b * Hq + h) * Nq + qi
+    dd = tl.arange(0, D_PAD)
+    d_ok = dd < D
+    qf = tl.load(Q + b * sqb + h * sqh + qi[:, None].to(tl.int64) * sqn + dd[None, :] * sqd,
+                 mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    k_base = K + b * skb + (h // G) * skh
+    lse2 = tl.load(LSE + out_row, mask=row_ok, other=0.0) * _LOG2E
+    tg = tl.load(TARGETS + b * Nq + qi, mask=row_ok, other=-1)
+    for li in range(n_tlags):
+        tk = tg + tl.load(TLAGS + li)
+        seen = row_ok & (lse2 > -_INF) & (tg >= 0) & (tk >= 0) & (tk <= qpos)
+        if HAS_WINDOW:
+            seen = seen & (tk > qpos - window)
+        if HAS_KMASK:
+            seen = seen & (tl.load(KMASK + b * Nk + tk, mask=seen, other=0) != 0)
+        kv = tl.load(k_base + tk[:, None].to(tl.int64) * skn + dd[None, :] * skd,
+                     mask=seen[:, None] & d_ok[None, :], other=0.0)
+        s2 = _log2_score(tl.sum(qf * kv.to(tl.float32), 1), scale, softcap, HAS_SOFTCAP)
+        at = out_row * n_tlags + li
+        tl.store(O_TL + at, _or_nan(seen, s2 * _LN2), mask=row_ok)
+        tl.store(O_TP + at, _or_nan(seen, tl.exp2(s2 - lse2)), mask=row_ok)
 
 
 def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when this module's kernels run in Triton's CPU interpreter: TRITON_INTERPRET=1 was set before the
+    module was imported (Triton decides when it decorates a kernel) and is still set (the interpreter reads it)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_stats_kernel, InterpretedFunction) and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def default_config(dtype: torch.dtype, head_dim: int) -> dict:
     """Launch shape: small tiles in the interpreter (many tiles even at tiny N), tuned tiles on a GPU."""
     if interpreting():
         return dict(block_r=32, block_n=16, num_warps=4, num_stages=1)
-    return dict(block_r=128, block_n=64, num_warps=8, num_stages=2)
+    if head_dim > 128:  # Gemma 3 (256): half the rows, so the query tile stays in registers (not yet tuned)
+        return dict(block_r=64, block_n=64, num_warps=8, num_stages=2)
+    return dict(block_r=128, block_n=64, num_warps=4, num_stages=2)  # benchmarks/attention_stats.py --variants
 
 
 def _pow2(n: int) -> int:
@@ -258,15 +302,16 @@ def triton_attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionS
     dev = q.device
     cfg = {**default_config(q.dtype, d), **(config or {})}
     gp = hq // hkv if group_heads else 1
+    dot_f32 = interpreting() and q.dtype == torch.bfloat16
 
     def new(shape, dtype=torch.float32):
         t = torch.empty(shape, dtype=dtype, device=dev)
         return t if poison is None else t.fill_(-7 if not dtype.is_floating_point else poison)
 
     def ints(t):
-        return t.to(device=dev, dtype=torch.int32).contiguous()
+        return device_ints(t, dev)
 
-    dummy = torch.zeros(1, dtype=torch.int32, device=dev)
+    dummy = ints(torch.zeros(1))
     out: dict[str, torch.Tensor] = {"lse": new((b, hq, nq))}
     if request.entropy:
         out["entropy"] = new((b, hq, nq))
@@ -294,13 +339,13 @@ def triton_attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionS
     def launch(lse_in, stats: bool):
         f = (lambda name: x(name, dummy) if stats else dummy)
         _stats_kernel[grid](
-            q, k, kmask, edges, spans, targets, tlags, lse_in,
+            q, k, kmask, edges, spans, lse_in,
             out["lse"], f("entropy"), f("first_k_mass"), f("span_mass"), f("lag_mass"),
-            f("target_prob"), f("target_logit"), f("topk_index"), topk_score if stats and topk else dummy,
+            f("topk_index"), topk_score if stats and topk else dummy,
             *q.stride(), *k.stride(),
             hq, nq, nk, hq // gp, hq // hkv, nk - nq, window or 0, request.first_k or 0,
             edges.numel() if request.lag_bins is not None else 0,
-            spans.shape[1] if request.spans is not None else 0, len(request.target_lags),
+            spans.shape[1] if request.spans is not None else 0,
             float(scale), float(softcap or 1.0),
             D=d, D_PAD=max(16, _pow2(d)), GP=gp, BLOCK_R=cfg["block_r"], BLOCK_N=cfg["block_n"],
             HAS_WINDOW=window is not None, HAS_KMASK=key_mask is not None, HAS_SOFTCAP=softcap is not None,
@@ -308,9 +353,9 @@ def triton_attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionS
             DO_ENT=stats and request.entropy, DO_FK=stats and request.first_k is not None,
             DO_SPANS=stats and request.spans is not None, S_PAD=_pow2(spans.shape[1]) if spans.dim() == 3 else 1,
             DO_LAG=stats and request.lag_bins is not None, E_PAD=_pow2(edges.numel()) if stats else 1,
-            DO_TGT=stats and request.targets is not None, TOPK=topk if stats else 0,
+            TOPK=topk if stats else 0,
             K_PAD=_pow2(topk) if stats and topk else 1,
-            PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+            PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )
 
@@ -319,9 +364,30 @@ def triton_attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionS
         launch(out["lse"], stats=True)
     else:
         launch(dummy, stats=True)
+    if request.targets is not None:
+        block_q = 16 if interpreting() else 64
+        _target_kernel[(triton.cdiv(nq, block_q), b * hq)](
+            q, k, kmask, targets, tlags, out["lse"], out["target_prob"], out["target_logit"],
+            *q.stride(), *k.stride(), hq, nq, nk, hq // hkv, nk - nq, window or 0, len(request.target_lags),
+            float(scale), float(softcap or 1.0), D=d, D_PAD=max(16, _pow2(d)), BLOCK_Q=block_q,
+            HAS_WINDOW=window is not None, HAS_KMASK=key_mask is not None, HAS_SOFTCAP=softcap is not None,
+            num_warps=4)
     if topk:
         out["topk_index"], out["topk_prob"] = sorted_topk(out["topk_index"], topk_score, out["lse"])
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_ints(values: tuple, shape: tuple, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32, device=device).reshape(shape)
+
+
+def device_ints(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t as contiguous int32 on device; small host tensors (edges, spans, lags) are cached per device, so repeated
+    calls (one per layer) make no blocking host-to-device copy."""
+    if t.device == device or t.numel() > 4096:
+        return t.to(device=device, dtype=torch.int32).contiguous()
+    return _cached_ints(tuple(t.flatten().tolist()), tuple(t.shape), device)
 
 
 def sorted_topk(index: torch.Tensor, score: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,16 +2,19 @@
 
 The StatsRecorder hook hands each selected layer's post-RoPE queries and keys to
 ``workbench.kernels.attention_stats`` (Triton on a GPU, the chunked PyTorch reference on a CPU)
-while the layer's own output still comes from SDPA.
+while the layer's own output still comes from SDPA, so the same forward pass gives the model's
+normal output (``capture_stats(..., logits=True)``) and the statistics.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 
-from ..models.attention import AttentionCall, AttentionHook, hooks_active
+from ..errors import InputError
+from ..models.attention import AttentionCall, AttentionHook, active_hooks, hooks_active
 
 
 class StatsRecorder(AttentionHook):
@@ -26,6 +29,12 @@ class StatsRecorder(AttentionHook):
     def on_qk(self, call: AttentionCall, query, key):
         from ..kernels import attention_stats
 
+        if call.activation != "softmax":
+            raise InputError(f"layer {call.layer} uses {call.activation} attention; the statistics kernels assume "
+                             "softmax rows: use exact capture (workbench.patterns.capture)")
+        if any(h.applies(call.layer) and h.edits_scores(call) for h in active_hooks()):
+            raise InputError(f"a hook edits layer {call.layer}'s attention scores (e.g. KnockOutKeys, ScaleKeys), "
+                             "which streamed statistics from q and k cannot see: use exact capture for that layer")
         key_mask = None
         if call.visible is not None:  # a padded batch: keys no query may see are padding
             seen = call.visible[:, 0].any(-2).expand(query.shape[0], -1)
@@ -37,10 +46,12 @@ class StatsRecorder(AttentionHook):
 
 @dataclass
 class StatsCapture:
-    """Statistics per layer: ``stats[layer][name]`` with the kernels' shapes (B, H, Nq, ...) or reduced."""
+    """Statistics per layer: ``stats[layer][name]`` with the kernels' shapes (B, H, Nq, ...) or reduced;
+    ``logits`` (B, N, vocab) float32 from the same forward pass when asked for."""
 
     input_ids: torch.Tensor
     stats: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
 
     def stacked(self, name: str) -> torch.Tensor:
         """One statistic for every captured layer: (L, ...) in layer order."""
@@ -48,16 +59,21 @@ class StatsCapture:
 
 
 @torch.no_grad()
-def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto", extra_hooks=()) -> StatsCapture:
-    """Run ``inputs`` once and return the requested attention statistics (an AttentionStatsRequest) per layer."""
+def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto", logits: bool = False,
+                  extra_hooks=()) -> StatsCapture:
+    """Run ``inputs`` once and return the requested attention statistics (an AttentionStatsRequest) per layer,
+    and the model's logits from that same pass if ``logits``."""
     batch = subject.as_batch(inputs)
     layers = list(range(subject.n_layers)) if layers is None else [int(l) for l in layers]
     for layer in layers:
         subject.check_head(layer, 0)
     recorder = StatsRecorder(layers, request, backend)
+    if not logits and "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
+        batch = {**batch, "logits_to_keep": 1}  # N x vocab logits would outweigh the statistics at long N
     with hooks_active(recorder, *extra_hooks):
-        subject.model(**batch, use_cache=False)
+        out = subject.model(**batch, use_cache=False)
     stats = {}
     for layer, parts in recorder.stats.items():
         stats[layer] = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if len(parts) > 1 else parts[0]
-    return StatsCapture(input_ids=batch["input_ids"].cpu(), stats=stats)
+    return StatsCapture(input_ids=batch["input_ids"].cpu(), stats=stats,
+                        logits=out.logits.float().cpu() if logits else None)

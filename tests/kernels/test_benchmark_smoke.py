@@ -1,0 +1,34 @@
+"""benchmarks/attention_stats.py runs end to end (--smoke: CPU, Triton interpreter, tiny N) and records its table."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # interpreter: log2(0)
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_stats.py"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU run is the benchmark itself")
+def test_benchmark_smoke_checks_times_and_appends_results(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("attention_stats_benchmark", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## Other section\n\ntext\n")
+    args = ["--smoke", "--sizes", "20", "--check-sizes", "21", "--results", str(results), "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "checks vs float64 reference: all PASS" in out and out.count("PASS") == 5  # 2 masks x 2 dtypes + total
+    text = results.read_text()
+    first = text.index("| smollm2 | 20 |")
+    assert text.index("## Other section") < text.index("## Attention-statistics kernels") < first
+    assert "CPU (Triton interpreter)" in text
+    result = json.loads((tmp_path / "attention_stats.json").read_text())
+    assert [r["n"] for r in result["sizes"]] == [20] and result["sizes"][0]["kernel_ms"] > 0
+    bench.append_results(str(results), result, ["--again"])  # a later run: same section, newest first
+    text = results.read_text()
+    assert text.count("## Attention-statistics kernels") == 1 and text.index("--again") < text.index("--smoke")
