@@ -2,7 +2,8 @@
 
 Each spec names heads as (layer, head) pairs in query-head numbering. ``group=True`` widens each
 head to every query head of its key/value group (grouped-query models); the default acts on the
-query head alone.
+query head alone. ``rows`` restricts a spec to those batch rows (default: every row), so one forward
+pass can carry a different intervention in each copy of a repeated batch (the sweep runner does this).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ def _heads(heads) -> tuple[Head, ...]:
 class HeadSpec:
     heads: tuple[Head, ...]
     group: bool = field(default=False, kw_only=True)
+    rows: tuple[int, ...] | None = field(default=None, kw_only=True)
 
     def __post_init__(self):
         object.__setattr__(self, "heads", _heads(self.heads))
+        if self.rows is not None:
+            object.__setattr__(self, "rows", tuple(int(r) for r in self.rows))
 
 
 @dataclass(frozen=True)
@@ -45,11 +49,23 @@ class ReplaceHead(HeadSpec):
     """Replace the head's output z with given values: mean ablation, resample ablation, activation patching.
 
     ``values[(layer, head)]``: (D,) or (N, D) (broadcast over the batch: mean ablation) or (B, N, D)
-    (per prompt: resample ablation / patching from another run). ``positions``: query positions to
-    replace (default all).
+    (per prompt: resample ablation / patching from another run; with ``rows``, B = len(rows) and
+    ``values[i]`` goes to batch row ``rows[i]``). ``positions``: query positions to replace (default all).
     """
 
     values: dict = field(default_factory=dict, kw_only=True, compare=False, hash=False)
+    positions: tuple[int, ...] | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True)
+class AddToHead(HeadSpec):
+    """Add ``factor`` x given values to the head's output z (JUICE's second run adds scaled first-run outputs).
+
+    ``values`` and ``positions`` are read as in :class:`ReplaceHead`.
+    """
+
+    values: dict = field(default_factory=dict, kw_only=True, compare=False, hash=False)
+    factor: float = field(default=1.0, kw_only=True)
     positions: tuple[int, ...] | None = field(default=None, kw_only=True)
 
 
