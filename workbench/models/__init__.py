@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..errors import ModelUnavailableError, UnknownModelError
 from .download import cached, describe_cache, fetch
-from .registry import DEFAULT_MODEL, PRETRAINED
+from .registry import DEFAULT_MODEL, LOCAL, PRETRAINED
 from .subject import Subject, from_model, from_pretrained_folder
 
 __all__ = ["DEFAULT_MODEL", "PRETRAINED", "Subject", "cached", "describe_cache", "fetch", "from_model",
@@ -15,13 +16,17 @@ __all__ = ["DEFAULT_MODEL", "PRETRAINED", "Subject", "cached", "describe_cache",
 
 def list_models() -> list[str]:
     """Names of the registered models (each also loads from any local HF folder or hub id)."""
-    return list(PRETRAINED)
+    return list(PRETRAINED) + list(LOCAL)
 
 
 def load(name: str = DEFAULT_MODEL, device=None, dtype=None, fetch_missing: bool = True) -> Subject:
     """Load a registered model (fetched and converted once), a local HF folder, or a hub id, as a Subject."""
     from .cache import manifest, model_dir
 
+    if name in LOCAL:  # shipped in the repository: import the module that registers its architecture, then load
+        importlib.import_module(LOCAL[name].module)
+        return from_pretrained_folder(name, LOCAL[name].path, device=device, dtype=dtype,
+                                      weights_note=LOCAL[name].weights_note)
     if name in PRETRAINED:
         if not cached(name):
             if not fetch_missing:

@@ -11,6 +11,11 @@ with :func:`hooks_active`) can, per layer and per query head:
 4. observe the post-RoPE queries and keys (``on_qk``; streamed statistics from the kernels),
 5. edit or observe each head's output ``z`` before ``o_proj`` (``edit_z`` / ``on_z``).
 
+A module may declare ``attention_activation = "sigmoid"`` (the workbench's toy models do): its attention is
+then elementwise sigmoid of the scaled scores plus the module's constant ``attention_bias`` (default 0), with no
+normalisation over keys (Gu et al. 2024; Ramapuram et al. 2024 use bias -log n), computed exactly in float32,
+and hooks observe and edit it the same way (scores exclude the bias; patterns are the sigmoid weights).
+
 Captures (``workbench.patterns``) and interventions (``workbench.interventions``) are hooks;
 no analysis writes its own module hooks.
 """
@@ -43,6 +48,7 @@ class AttentionCall:
     window: int | None
     softcap: float | None
     visible: torch.Tensor | None  # bool (B|1, 1, Nq, Nk), True = query may attend; None = plain causal
+    activation: str = "softmax"  # or "sigmoid": unnormalised sigmoid attention
 
     @property
     def group(self) -> int:
@@ -146,27 +152,34 @@ def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
+def attention_weights(scores: torch.Tensor, activation: str = "softmax", bias: float = 0.0) -> torch.Tensor:
+    """Attention weights from scores (-inf where hidden): softmax rows, or elementwise sigmoid(scores + bias) (0 where hidden)."""
+    return torch.sigmoid(scores + bias) if activation == "sigmoid" else softmax_rows(scores)
+
+
 def workbench_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                         sliding_window=None, softcap=None, **kwargs):
     """SDPA attention, with the active hooks' edits and observations applied for this layer."""
     layer = getattr(module, "layer_idx", None)
     hooks = [h for h in _ACTIVE.get() if layer is not None and h.applies(layer)]
-    if not hooks:
+    activation = getattr(module, "attention_activation", "softmax")
+    if not hooks and activation == "softmax":
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, softcap=softcap, **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     window = sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
     call = AttentionCall(layer=layer, n_heads=query.shape[1], n_kv_heads=key.shape[1],
                          n_queries=query.shape[2], n_keys=key.shape[2], scaling=scaling,
-                         window=window, softcap=softcap, visible=_as_visibility(attention_mask))
+                         window=window, softcap=softcap, visible=_as_visibility(attention_mask),
+                         activation=activation)
     for hook in hooks:
         query = hook.edit_query(call, query)
 
-    if any(hook.edits_scores(call) for hook in hooks):
+    if activation != "softmax" or any(hook.edits_scores(call) for hook in hooks):
         scores = exact_scores(call, query, key)
         for hook in hooks:
             scores = hook.edit_scores(call, scores)
-        pattern = softmax_rows(scores)
+        pattern = attention_weights(scores, activation, getattr(module, "attention_bias", 0.0))
         values = value.float().repeat_interleave(call.group, dim=1)
         z = torch.matmul(pattern, values).to(query.dtype).transpose(1, 2)
         all_heads = list(range(call.n_heads))

