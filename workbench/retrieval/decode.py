@@ -1,0 +1,135 @@
+"""Greedy decoding with the KV cache, recording each head's top-1 key at every step (Wu et al. 2024's loop).
+
+As in the authors' code, the prompt minus its last token is prefilled once; each decoding step feeds
+one token, so the attention call of every layer has a single query, and :class:`TopKeyRecorder`
+(an ``on_pattern`` hook on the workbench attention) keeps the arg-max key of every head. One prefill
+serves several decoding runs (e.g. intact and with heads masked): the cache is copied per run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InputError
+from ..interventions import ZeroQuery, apply
+from ..models.attention import AttentionCall, AttentionHook, hooks_active
+
+
+class TopKeyRecorder(AttentionHook):
+    """The top-1 attended key (absolute position) of every query head for single-query (decoding) calls.
+
+    Set ``position`` to the query's absolute position before each step: a sliding-window layer's
+    cache holds only its last keys, so the call's key index j maps to ``position + 1 - n_keys + j``.
+    """
+
+    def __init__(self, n_layers: int, n_heads: int):
+        self.n_layers, self.n_heads = n_layers, n_heads
+        self.position = 0
+        self.current: dict[int, torch.Tensor] = {}
+
+    def pattern_heads(self, call: AttentionCall) -> list[int]:
+        return list(range(call.n_heads)) if call.n_queries == 1 else []
+
+    def on_pattern(self, call, heads, pattern):
+        offset = self.position + 1 - call.n_keys  # keys are end-aligned with the query
+        self.current[call.layer] = pattern[:, :, -1].argmax(-1) + offset  # ties: the lowest key index
+
+    def take(self) -> torch.Tensor:
+        """(B, L, H) top-1 key positions of the last step (-1 for layers not seen); clears the step."""
+        batch = next(iter(self.current.values())).shape[0]
+        out = torch.full((batch, self.n_layers, self.n_heads), -1, dtype=torch.long)
+        for layer, top in self.current.items():
+            out[:, layer] = top.cpu()
+        self.current = {}
+        return out
+
+
+@dataclass
+class Prefilled:
+    """A batch of equal-length prompts after the prefill of all but their last token."""
+
+    input_ids: torch.Tensor  # (B, N) on the model's device
+    cache: object
+
+
+@dataclass
+class Decoded:
+    """Greedy continuations of one batch: per row the generated ids up to and including the stop token."""
+
+    tokens: list[list[int]]
+    texts: list[str]
+    top_keys: list[torch.Tensor] | None  # per row (T_row, L, H) top-1 key positions, or None
+
+
+@torch.no_grad()
+def prefill(subject, input_ids: torch.Tensor, mask_heads=()) -> Prefilled:
+    """Run all but the last token of each prompt (B, N >= 2) through the model, keeping the KV cache."""
+    ids = torch.as_tensor(input_ids)
+    ids = ids[None] if ids.ndim == 1 else ids
+    if ids.ndim != 2 or ids.shape[1] < 2:
+        raise InputError(f"decoding needs prompts of at least 2 tokens as a (batch, tokens) tensor, got {tuple(ids.shape)}")
+    ids = subject.as_batch(ids)["input_ids"]
+    specs = [ZeroQuery(list(mask_heads))] if mask_heads else []
+    with apply(subject, *specs):
+        out = subject.model(input_ids=ids[:, :-1], use_cache=True)
+    return Prefilled(ids, out.past_key_values)
+
+
+def _stops(subject, token: int, stop_at_newline: bool, cache: dict) -> bool:
+    if token not in cache:
+        special = token in set(getattr(subject.tokenizer, "all_special_ids", []) or [])
+        eos = subject.tokenizer.eos_token_id
+        cache[token] = token == eos or special or (stop_at_newline and "\n" in subject.tokenizer.decode([token]))
+    return cache[token]
+
+
+def response_text(subject, tokens: list[int], stop_at_newline: bool = True) -> str:
+    """The decoded answer: special tokens dropped, cut at the first newline if asked, stripped."""
+    text = subject.tokenizer.decode(tokens, skip_special_tokens=True)
+    return (text.split("\n")[0] if stop_at_newline else text).strip()
+
+
+@torch.no_grad()
+def decode(subject, state: Prefilled, max_new_tokens: int = 50, stop_at_newline: bool = True,
+           mask_heads=(), record: bool = False) -> Decoded:
+    """Greedy decoding from a prefilled batch (its cache is copied, not consumed); query-zeroing ``mask_heads`` on the decoded tokens; top-1 keys if ``record``."""
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    n_prompt = state.input_ids.shape[1]
+    if n_prompt + max_new_tokens > subject.context_limit:
+        raise InputError(f"{n_prompt} prompt tokens + {max_new_tokens} new ones exceed {subject.name}'s context of "
+                         f"{subject.context_limit}: use shorter prompts or fewer new tokens")
+    cache = copy.deepcopy(state.cache)
+    batch = state.input_ids.shape[0]
+    recorder = TopKeyRecorder(subject.n_layers, subject.n_heads) if record else None
+    specs = [ZeroQuery(list(mask_heads))] if mask_heads else []
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    tops: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    stop_cache: dict = {}
+    inp = state.input_ids[:, -1:]
+    hooks = [recorder] if recorder else []
+    with apply(subject, *specs), hooks_active(*hooks):
+        for step in range(max_new_tokens):
+            if recorder:
+                recorder.position = n_prompt - 1 + step
+            out = subject.model(input_ids=inp, past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1)
+            step_tops = recorder.take() if recorder else None
+            for row, token in enumerate(nxt.tolist()):
+                if done[row]:
+                    continue
+                tokens[row].append(token)
+                if step_tops is not None:
+                    tops[row].append(step_tops[row])
+                done[row] = _stops(subject, token, stop_at_newline, stop_cache)
+            if all(done):
+                break
+            inp = nxt[:, None]
+    texts = [response_text(subject, t, stop_at_newline) for t in tokens]
+    top_keys = [torch.stack(t) for t in tops] if record else None
+    return Decoded(tokens, texts, top_keys)
