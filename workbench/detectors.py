@@ -59,7 +59,7 @@ class ScanContext:
 REGISTRY: dict[str, Detector] = {}
 
 # modules that register more detectors when imported (analyses outside this file add themselves here)
-DETECTOR_MODULES: tuple[str, ...] = ("workbench.retrieval.detectors",)
+DETECTOR_MODULES: tuple[str, ...] = ("workbench.episodic.detector", "workbench.retrieval.detectors")
 
 
 def register(detector: Detector) -> Detector:

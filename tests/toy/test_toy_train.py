@@ -50,7 +50,6 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_cli_train_then_trajectory(tmp_path, capsys):
-    pytest.importorskip("workbench.episodic.capture")
     cfg = {**TINY, "scores": {**TINY["scores"], "lag_crp": True, "lag_seq_len": 10, "lag_batch": 2,
                               "max_lag": 6}}
     path = tmp_path / "cfg.json"

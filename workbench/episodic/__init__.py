@@ -1,4 +1,5 @@
-"""Episodic memory in attention: CMR simulation and fits (Ji-An et al. 2024), lag-CRPs of attention (Mistry et al. 2025).
+"""Episodic memory in attention: CMR simulation and fits (Ji-An et al. 2024), lag-CRPs of attention (Mistry et al. 2025),
+ablations of induction / CMR-like heads, and repeat surprisal (Armeni et al. 2022).
 
 Names are imported lazily, so ``python -m workbench.episodic.cmr`` runs its module only once.
 """
@@ -17,6 +18,13 @@ _MODULES = {
         "LagCurve", "aggregate_lag_curves", "conditional_response_probability", "contiguity", "forward_asymmetry",
         "lag_values", "primacy_recency", "serial_position_curve",
     ],
+    "workbench.episodic.capture": ["LAGS", "ListCapture", "PairScoreRecorder", "candidate_logprobs", "capture_lists"],
+    "workbench.episodic.heads": ["HeadEffects", "head_effects", "temporal_columns"],
+    "workbench.episodic.ablation": ["AblationResult", "contiguity_ablation", "random_heads", "top_heads"],
+    "workbench.episodic.surprisal": ["VerbatimResult", "median_ci", "noun_surprisal", "repeat_surprisal",
+                                     "verbatim_experiment"],
+    "workbench.episodic.summary": ["summary_table"],
+    "workbench.episodic.run": ["EpisodicRun", "run_episodic"],
 }
 _LAZY = {name: module for module, names in _MODULES.items() for name in names}
 

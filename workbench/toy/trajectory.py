@@ -67,19 +67,6 @@ class ScoreConfig:
         return out
 
 
-def _episodic():
-    """The pieces of workbench.episodic this module uses, or the reason they are unavailable."""
-    try:
-        from ..episodic import fit_cmr
-        from ..episodic.capture import capture_lists
-        from ..episodic.lag_crp import aggregate_lag_curves
-        from ..stimuli.lists import random_token_lists
-    except ImportError as err:
-        return None, f"workbench.episodic is not importable ({err})"
-    return {"fit_cmr": fit_cmr, "capture_lists": capture_lists, "aggregate": aggregate_lag_curves,
-            "lists": random_token_lists}, None
-
-
 def lag_scores(subject, config: ScoreConfig) -> tuple[pd.DataFrame, dict]:
     """Per-head lag curves on random tokens presented twice (Ji-An et al. 2024), and the CMR fit as columns.
 
@@ -88,24 +75,26 @@ def lag_scores(subject, config: ScoreConfig) -> tuple[pd.DataFrame, dict]:
     the reason in the table's ``attrs["cmr_skipped"]``, when no CMR grid is available. Attention is the softmax
     weight, or for sigmoid-attention models the sigmoid of the score plus the model's ``sigmoid_bias``.
     """
-    episodic, why = _episodic()
-    if episodic is None:
-        raise InputError(why)
-    lists = episodic["lists"](subject, config.lag_seq_len, config.lag_batch, config.seed + 7)
+    from ..episodic.capture import capture_lists
+    from ..episodic.cmr_fit import fit_cmr
+    from ..episodic.lag_crp import aggregate_lag_curves
+    from ..stimuli.lists import random_token_lists
+
+    lists = random_token_lists(subject, config.lag_seq_len, config.lag_batch, config.seed + 7)
     lags = np.arange(-config.max_lag, config.max_lag)
-    cap = episodic["capture_lists"](subject, lists, lags=lags)
-    score = episodic["aggregate"](cap.scores, lags, n_boot=0)
+    cap = capture_lists(subject, lists, lags=lags)
+    score = aggregate_lag_curves(cap.scores, lags, n_boot=0)
     cfg = subject.model.config
     sigmoid = getattr(cfg, "attention_activation", "softmax") == "sigmoid"
     weights = expit(cap.scores + getattr(cfg, "sigmoid_bias", 0.0)) if sigmoid else cap.attn
-    attention = episodic["aggregate"](weights, lags, n_boot=0)
+    attention = aggregate_lag_curves(weights, lags, n_boot=0)
     layer, head, lag = np.meshgrid(np.arange(subject.n_layers), np.arange(subject.n_heads), lags, indexing="ij")
     table = pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "lag": lag.ravel(),
                           "score": score.mean.ravel(), "score_sem": score.sem.ravel(),
                           "attention": attention.mean.ravel(), "n": score.n.ravel()})
     columns = {}
     try:
-        fit = episodic["fit_cmr"](score.mean, lags)
+        fit = fit_cmr(score.mean, lags)
         columns = {"cmr_distance": fit.distance, "cmr_beta_enc": fit.beta_enc, "cmr_beta_rec": fit.beta_rec,
                    "cmr_gamma_ft": fit.gamma_ft}
     except InputError as err:  # no CMR grid on this machine
