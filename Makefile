@@ -1,5 +1,6 @@
 # Quick start:  make scan   (head atlas of smollm2-135m; prints the HTML report's path)
-#               make test   (the whole test suite)
+#               make lab    (JupyterLab on notebooks/, with the workbench installed)
+#               make test   (the whole test suite; installs Debian's chromium for the browser test)
 # Both create .venv and install what is missing first. Pass extra arguments with ARGS="...".
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # On a machine without the local CPU wheel, e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.13.0
 
-.PHONY: install scan test lab clean
+.PHONY: install scan test lab chromium clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -22,11 +23,18 @@ $(STAMP): pyproject.toml constraints.txt
 scan: $(STAMP)
 	$(BIN)/workbench scan $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
+
+# Debian's Chromium for tests/browser (Playwright drives /usr/bin/chromium; no browser is downloaded)
+# (best effort: where apt is unavailable the browser test says so and skips)
+chromium:
+	@test -x /usr/bin/chromium || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq \
+	  --no-install-recommends chromium fonts-dejavu-core; } || echo "make: could not install chromium; tests/browser will skip"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

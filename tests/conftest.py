@@ -9,6 +9,11 @@ import pytest
 import torch
 
 os.environ.setdefault("WORKBENCH_PROGRESS", "0")
+# Without a GPU the Triton kernels run in Triton's CPU interpreter. TRITON_INTERPRET must be set before
+# workbench.kernels.triton_stats is first imported (Triton reads it when it decorates the kernels), and any
+# test module may import it first, so it is set here, before every test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 SHARED = Path(os.environ.get("WORKBENCH_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared")).resolve()
 

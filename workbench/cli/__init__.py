@@ -9,7 +9,7 @@ import sys
 from ..errors import WorkbenchError
 
 # subcommand modules, in the order `workbench --help` lists them
-COMMANDS = ("models_cmd", "scan_cmd", "pattern_cmd", "sweep_cmd", "train_cmd", "niah_cmd", "episodic_cmd")
+COMMANDS = ("models_cmd", "scan_cmd", "pattern_cmd", "episodic_cmd", "train_cmd", "niah_cmd", "sweep_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
