@@ -89,3 +89,13 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared data folder {path} not present (set WORKBENCH_SHARED)")
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """A tiny random Llama saved as an HF folder (for commands that take --model PATH)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    s = tiny_llama(seed=2)
+    s.model.save_pretrained(folder)
+    s.tokenizer.save_pretrained(folder)
+    return folder

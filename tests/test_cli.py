@@ -5,16 +5,8 @@ import pytest
 from workbench.cli import main
 from workbench.cli.pattern_cmd import parse_head
 from workbench.errors import InputError
-from tests.conftest import tiny_llama
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    s = tiny_llama(seed=2)
-    s.model.save_pretrained(folder)
-    s.tokenizer.save_pretrained(folder)
-    return folder
 
 
 def error_of(capsys, argv) -> str:

@@ -7,20 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import tiny_llama
 from workbench.atlas import Atlas
 from workbench.cli import main
 from workbench.episodic.detector import COLUMNS
 from workbench.episodic.run import run_episodic
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models") / "tiny"
-    s = tiny_llama(seed=2)
-    s.model.save_pretrained(folder)
-    s.tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_cli_writes_atlas_curves_ablations_and_report(tiny_folder, tmp_path, capsys):

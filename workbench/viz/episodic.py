@@ -136,11 +136,16 @@ def crp_figure(lags, curves: dict, *, title: str = "Lag-CRP of attention (mean o
     return fig
 
 
+def _require(table: pd.DataFrame, columns: set, what: str) -> None:
+    """Refuse a table that lacks the columns a figure draws."""
+    missing = sorted(set(columns) - set(table.columns))
+    if missing:
+        raise InputError(f"{what} lacks {missing}")
+
+
 def ablation_figure(table: pd.DataFrame, *, title: str = "Ablation: serial recall and attention contiguity") -> go.Figure:
     """Bars per condition: output P(lag +1) with its CI, and attention contiguity of the intact-contiguous measured heads (second axis)."""
-    need = {"condition", "recall_plus1", "recall_plus1_low", "recall_plus1_high", "attn_contiguity_top"}
-    if not need <= set(table.columns):
-        raise InputError(f"the ablation table lacks {sorted(need - set(table.columns))}")
+    _require(table, {"condition", "recall_plus1", "recall_plus1_low", "recall_plus1_high", "attn_contiguity_top"}, "the ablation table")
     fig = go.Figure()
     err = {"type": "data", "symmetric": False, "array": table["recall_plus1_high"] - table["recall_plus1"],
            "arrayminus": table["recall_plus1"] - table["recall_plus1_low"]}
@@ -158,9 +163,7 @@ def ablation_figure(table: pd.DataFrame, *, title: str = "Ablation: serial recal
 def repeat_surprisal_figure(summary: pd.DataFrame, *, by: str = "list_len",
                             title: str = "Repeat surprisal (median, 95% CI)") -> go.Figure:
     """Median repeat surprisal with CIs per condition against ``by`` (list length or intervening tokens), as in Armeni et al. 2022."""
-    need = {"condition", by, "median", "ci_low", "ci_high"}
-    if not need <= set(summary.columns):
-        raise InputError(f"the summary lacks {sorted(need - set(summary.columns))}")
+    _require(summary, {"condition", by, "median", "ci_low", "ci_high"}, "the summary")
     fig = go.Figure()
     for i, (cond, group) in enumerate(summary.groupby("condition", sort=False)):
         g = group.sort_values(by)
@@ -177,9 +180,7 @@ def repeat_surprisal_figure(summary: pd.DataFrame, *, by: str = "list_len",
 
 def surprisal_timecourse_figure(course: pd.DataFrame, *, title: str = "Surprisal per noun, list 1 then list 2") -> go.Figure:
     """Mean surprisal (bits, ± SEM) at each noun of list 1 then list 2, one line per condition (Armeni et al. 2022 Fig. 2 style)."""
-    need = {"condition", "list", "position", "surprisal", "sem"}
-    if not need <= set(course.columns):
-        raise InputError(f"the timecourse lacks {sorted(need - set(course.columns))}")
+    _require(course, {"condition", "list", "position", "surprisal", "sem"}, "the timecourse")
     fig = go.Figure()
     n = int(course["position"].max())
     for i, (cond, group) in enumerate(course.groupby("condition", sort=False)):
