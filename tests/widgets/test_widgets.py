@@ -267,3 +267,17 @@ def test_sweep_viewer_polls_while_running(sweep, tmp_path):
         time.sleep(0.2)
     v.close()
     assert np.isfinite(v.matrix()).sum() == 2 and isinstance(v.rows, pd.DataFrame)
+
+
+def test_stored_widget_state_has_no_nan():
+    """NaN (heads a partial sweep has not reached) is synced as None: JSON has no NaN and the browser would drop it."""
+    import plotly.graph_objects as go
+
+    from workbench.widgets.figure_widget import figure_widget, replace_figure
+
+    w = figure_widget()
+    replace_figure(w, go.Figure(go.Heatmap(z=np.array([[1.0, np.nan], [np.inf, 2.0]]))))
+    z = w._widget_data[0]["z"]
+    assert z == [[1.0, None], [None, 2.0]]
+    json.dumps(w._widget_data, allow_nan=False)
+    assert np.isnan(w.data[0].z[0][1])  # the figure itself keeps NaN

@@ -11,7 +11,10 @@ second view of the cell, or a view whose first load timed out) would show the fi
 
 from __future__ import annotations
 
+import math
 from copy import deepcopy
+
+import numpy as np
 
 import plotly.graph_objects as go
 
@@ -46,8 +49,21 @@ def replace_figure(widget: go.FigureWidget, fig: go.Figure) -> None:
 
 def store_state(widget: go.FigureWidget) -> None:
     """Sync the widget's full current traces and layout (what a newly opened view draws; as plotly does on display)."""
-    widget._widget_layout = deepcopy(widget._layout_obj._props)
-    widget._widget_data = deepcopy(widget._data)
+    widget._widget_layout = _json_safe(deepcopy(widget._layout_obj._props))
+    widget._widget_data = _json_safe(deepcopy(widget._data))
+
+
+def _json_safe(value):
+    """``value`` with NaN/inf floats as None (JSON has no NaN; plotly draws None as a gap, e.g. heads not swept yet)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f" and not np.isfinite(value).all():
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _with_cleared(old: dict, new: dict) -> dict:
