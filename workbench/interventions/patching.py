@@ -20,6 +20,7 @@ returns one value per prompt (B,); an effect is ``mean(metric(patched) - metric(
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import numpy as np
@@ -130,12 +131,25 @@ class _GradProbe(AttentionHook):
         return z + probe
 
 
+@contextlib.contextmanager
+def frozen_parameters(model):
+    """Parameters without gradients inside the block (only the z probes need them), restored afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def attribution_patching(subject, base, source, metric: MetricFn) -> np.ndarray:
     """(L, H) first-order estimate of each head's activation-patching effect: mean over prompts of sum (z_src - z_base) * dmetric/dz."""
     base, source = _pair(subject, base, source)
     z_src = head_z(subject, source)
     probe = _GradProbe()
-    with torch.enable_grad(), hooks_active(probe):
+    with torch.enable_grad(), hooks_active(probe), frozen_parameters(subject.model):
         value = metric(subject.model(**base, use_cache=False).logits.float())
         value.sum().backward()
     n = base["input_ids"].shape[0]
