@@ -11,7 +11,7 @@ from workbench.tasks import answer_batch
 
 @pytest.fixture(scope="module")
 def tiny():
-    from conftest import tiny_llama
+    from tests.conftest import tiny_llama
 
     subject = tiny_llama(seed=3)
     rng = np.random.default_rng(0)
