@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_gemma3, tiny_llama
+from workbench.errors import InputError
 from workbench.interventions import ZeroQuery, apply
 from workbench.patterns import capture
 from workbench.retrieval.decode import decode, prefill
@@ -81,3 +82,5 @@ def test_run_conditions_batching_does_not_change_results():
         assert (one[name].head_scores == many[name].head_scores).all()
         assert one[name].head_scores.shape == (5, 2, 4)
     assert one["masked"].settings["masked"] == [[0, 0], [1, 1]]
+    with pytest.raises(InputError, match="use lengths up to"):  # refused before any prefill
+        run_conditions(subject, tests, conditions, max_new_tokens=subject.context_limit)

@@ -79,6 +79,10 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
     recorded = set(masks) if record is True else set(record or ())
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    longest = max(len(t.input_ids) for t in tests)
+    if longest + max_new_tokens > subject.context_limit:  # refuse before the first (long) prefill, not after it
+        raise InputError(f"{longest} prompt tokens + {max_new_tokens} new ones exceed {subject.name}'s context of "
+                         f"{subject.context_limit}: use lengths up to {subject.context_limit - max_new_tokens}")
     by_length = defaultdict(list)
     for i, t in enumerate(tests):
         by_length[len(t.input_ids)].append(i)
