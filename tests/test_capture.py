@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.errors import CaptureMemoryError, InputError
-from workbench.patterns import capture, predict_capture_bytes, select_heads
+from workbench.patterns import Budget, ModelDims, capture, predict_capture, select_heads
 from tests.conftest import tiny_gemma3, tiny_llama
 
 
@@ -101,15 +101,23 @@ def test_head_selection_and_rows(llama):
         part.pattern(0, 0)
 
 
-def test_capture_refuses_what_does_not_fit(llama, monkeypatch):
-    import sys
-
+def test_capture_splits_the_batch_or_refuses_what_does_not_fit(llama):
     sel = select_heads(llama)
-    need = predict_capture_bytes(llama, sel, batch=4, n_tokens=100)
-    assert need["stored"] == 4 * 8 * 100 * 100 * 4
-    monkeypatch.setattr(sys.modules["workbench.patterns.capture"], "available_bytes", lambda device: 4096)
-    with pytest.raises(CaptureMemoryError, match=r"needs 156.2 KiB to keep .*capture_stats"):
-        capture(llama, torch.randint(4, 90, (2, 50)))
+    dims = ModelDims.of(llama)
+    whole = predict_capture(dims, sel, batch=4, n_tokens=100)
+    assert whole.terms["kept"] == 4 * 8 * 100 * 100 * 4  # every head's patterns, float32
+    ids = torch.randint(4, 90, (4, 100))
+    # a budget that holds the kept patterns and one row's transients, not the whole batch's: two steps of two rows
+    two = predict_capture(dims, sel, batch=4, n_tokens=100, step=2)
+    budget = Budget(host_free=int(two.host / 0.5) + 1, device_free=None)
+    assert not budget.allows(predict_capture(dims, sel, batch=4, n_tokens=100, step=3))
+    cap = capture(llama, ids, budget=budget)
+    assert cap.memory["batch_size"] == 2
+    ref = capture(llama, ids, batch_size=4, budget=Budget(1 << 40, None))
+    for layer in ref.patterns:
+        assert torch.equal(cap.patterns[layer], ref.patterns[layer])
+    with pytest.raises(CaptureMemoryError, match=r"needs .* at its peak, but the budget is .*capture_stats"):
+        capture(llama, ids, budget=Budget(host_free=4096, device_free=None))
 
 
 def test_bad_input(llama):

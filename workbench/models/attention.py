@@ -147,6 +147,32 @@ def exact_scores(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, he
     return scores.masked_fill(~call.visibility(query.device), -math.inf)
 
 
+PATTERN_CHUNK_BYTES = 32 << 20  # float32 scores of one query chunk in exact_patterns
+
+
+def exact_patterns(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, heads) -> torch.Tensor:
+    """Float32 post-softmax patterns (B, len(heads), Nq, Nk) of query heads ``heads``, computed in chunks of queries.
+
+    Equal to ``softmax_rows(exact_scores(call, query, key, heads))`` (softmax is per row); beyond the result it holds
+    only one chunk's scores (about ``PATTERN_CHUNK_BYTES``) instead of three full B x h x Nq x Nk tensors.
+    """
+    idx = torch.as_tensor(heads, device=query.device)
+    query, key = query[:, idx], key[:, idx // call.group]
+    b, h, nq, _ = query.shape
+    out = torch.empty(b, h, nq, call.n_keys, dtype=torch.float32, device=query.device)
+    visible = call.visibility(query.device)
+    key_t = key.float().transpose(-1, -2)
+    rows = max(1, PATTERN_CHUNK_BYTES // (4 * b * h * call.n_keys))
+    for r0 in range(0, nq, rows):
+        r1 = min(nq, r0 + rows)
+        scores = torch.matmul(query[:, :, r0:r1].float(), key_t).mul_(call.scaling)
+        if call.softcap is not None:
+            scores = torch.tanh(scores / call.softcap).mul_(call.softcap)
+        scores.masked_fill_(~visible[:, :, r0:r1], -math.inf)
+        out[:, :, r0:r1] = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+    return out
+
+
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over keys; rows with no visible key (padding queries) become all zeros, not NaN."""
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
@@ -193,11 +219,12 @@ def workbench_attention(module, query, key, value, attention_mask, dropout=0.0, 
         wanted_by = [(hook, hook.pattern_heads(call)) for hook in hooks]
         union = sorted({h for _, heads in wanted_by for h in heads})
         if union:
-            pattern = softmax_rows(exact_scores(call, query, key, union))
+            pattern = exact_patterns(call, query, key, union)
             where = {h: i for i, h in enumerate(union)}
             for hook, heads in wanted_by:
                 if heads:
-                    hook.on_pattern(call, heads, pattern[:, [where[h] for h in heads]])
+                    hook.on_pattern(call, heads, pattern if heads == union else pattern[:, [where[h] for h in heads]])
+            del pattern
     for hook in hooks:
         hook.on_qk(call, query, key)
     for hook in hooks:

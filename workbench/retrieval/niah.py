@@ -16,9 +16,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..patterns.capture import too_big
+from ..patterns.memory import Budget, ModelDims, largest_step
 from ..progress import progress
 from ..stimuli.niah import NeedleTest
-from .decode import decode, prefill
+from .decode import decode, predict_decoding, prefill
 from .scoring import CORRECT_RECALL, mean_over_correct, retrieval_score, rouge1_recall
 
 Head = tuple[int, int]
@@ -86,7 +88,17 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
     by_length = defaultdict(list)
     for i, t in enumerate(tests):
         by_length[len(t.input_ids)].append(i)
-    chunks = [idx[s:s + batch_size] for _, idx in sorted(by_length.items()) for s in range(0, len(idx), batch_size)]
+    dims, budget = ModelDims.of(subject), Budget.now(subject.device)
+    chunks, memory = [], {}
+    for n, idx in sorted(by_length.items()):
+        def predict(step, n=n):
+            return predict_decoding(dims, step, n, max_new_tokens, device_type=subject.device.type)
+
+        step = largest_step(predict, min(batch_size, len(idx)), budget)
+        if step == 0:
+            raise too_big(f"answering {n}-token NIAH prompts", predict(1), budget, "Use shorter prompts.")
+        memory[n] = {"batch_size": step, "predicted_peak_bytes": predict(step).peak}
+        chunks += [idx[s:s + step] for s in range(0, len(idx), step)]
     rows = {name: [None] * len(tests) for name in masks}
     scores = {name: [None] * len(tests) for name in recorded}
     bar = progress(total=len(tests) * len(masks), desc=desc, unit="answer")
@@ -113,7 +125,8 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
     finally:
         bar.close()
     settings = {"max_new_tokens": max_new_tokens, "mask_prefill": mask_prefill, "stop_at_newline": stop_at_newline,
-                "masking": "ZeroQuery (query zeroing, Wu et al. 2024)"}
+                "masking": "ZeroQuery (query zeroing, Wu et al. 2024)",
+                "memory": {"by_length": memory, "budget": budget.describe(), **budget.as_dict()}}
     return {name: NiahRun(pd.DataFrame(rows[name]),
                           np.stack(scores[name]).astype(np.float32) if name in recorded else None,
                           {**settings, "condition": name, "masked": [list(h) for h in masks[name]]})
