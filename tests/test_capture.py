@@ -106,16 +106,18 @@ def test_capture_splits_the_batch_or_refuses_what_does_not_fit(llama):
     dims = ModelDims.of(llama)
     whole = predict_capture(dims, sel, batch=4, n_tokens=100)
     assert whole.terms["kept"] == 4 * 8 * 100 * 100 * 4  # every head's patterns, float32
-    ids = torch.randint(4, 90, (4, 100))
-    # a budget that holds the kept patterns and one row's transients, not the whole batch's: two steps of two rows
-    two = predict_capture(dims, sel, batch=4, n_tokens=100, step=2)
-    budget = Budget(host_free=int(two.host / 0.5) + 1, device_free=None)
-    assert not budget.allows(predict_capture(dims, sel, batch=4, n_tokens=100, step=3))
-    cap = capture(llama, ids, budget=budget)
+    # two query rows kept: the per-step transients (each layer's full patterns, activations) dominate, so a budget
+    # between the predictions of steps of 2 and 3 rows makes capture run two steps of two rows
+    ids, rows = torch.randint(4, 90, (4, 100)), [50, 99]
+    two, three = (predict_capture(dims, sel, batch=4, n_tokens=100, n_rows=2, step=s) for s in (2, 3))
+    assert two.host < three.host
+    budget = Budget(host_free=int((two.host + three.host) / 2 / 0.5), device_free=None)
+    cap = capture(llama, ids, rows=rows, z=True, budget=budget)
     assert cap.memory["batch_size"] == 2
-    ref = capture(llama, ids, batch_size=4, budget=Budget(1 << 40, None))
+    ref = capture(llama, ids, rows=rows, z=True, batch_size=4, budget=Budget(1 << 40, None))
     for layer in ref.patterns:
-        assert torch.equal(cap.patterns[layer], ref.patterns[layer])
+        torch.testing.assert_close(cap.patterns[layer], ref.patterns[layer], rtol=0, atol=1e-6)
+        torch.testing.assert_close(cap.z[layer], ref.z[layer], rtol=0, atol=1e-6)
     with pytest.raises(CaptureMemoryError, match=r"needs .* at its peak, but the budget is .*capture_stats"):
         capture(llama, ids, budget=Budget(host_free=4096, device_free=None))
 

@@ -15,7 +15,7 @@ import torch
 
 from .errors import InputError
 from .patterns import capture, capture_stats, predict_capture, predict_stats, select_heads
-from .patterns.capture import too_big
+from .patterns.capture import memory_plan, too_big
 from .patterns.memory import Budget, ModelDims, Prediction, largest_step
 from .scores import copying_score, duplicate_token_score, induction_score, previous_token_score, sink_rate
 from .scores.sinks import key_importance
@@ -118,23 +118,17 @@ def choose_capture(subject, ctx, what: str, exact: Prediction | None, streamed, 
     """Exact when asked for or when its predicted peak fits the budget, else streamed in the largest batch steps that
     fit (``streamed(step)`` predicts one); the plan says which and why (it goes into the Atlas metadata)."""
     mode, budget = _requested_mode(ctx), Budget.now(subject.device)
-    plan = {"budget": budget.describe(), **budget.as_dict()}
     if exact is not None and (mode == "exact" or (mode == "auto" and budget.allows(exact))):
         if not budget.allows(exact):
             raise too_big(f"exact capture of {what}", exact, budget, "Use --capture streamed (same scores, O(N) memory).")
-        why = "asked for" if mode == "exact" else "fits the budget"
-        return {**plan, "mode": "exact", "batch_size": batch, "predicted_peak_bytes": exact.peak,
-                "reason": f"exact ({why}): predicted peak {exact.describe()}; budget {budget.describe()}"}
+        return memory_plan("exact", batch, batch, exact, budget, "asked for" if mode == "exact" else "fits")
     step = ctx.settings.get("batch_size") or largest_step(streamed, batch, budget)
     if step == 0 or not budget.allows(streamed(step)):
         raise too_big(f"streamed statistics of {what}", streamed(max(step, 1)), budget,
                       "Use a smaller batch or shorter sequences.")
-    pred = streamed(step)
     why = ("asked for" if mode == "streamed" else
            f"exact would need {exact.describe()}" if exact is not None else "no exact path")
-    split = f" in steps of {step} of {batch} rows" if step < batch else ""
-    return {**plan, "mode": "streamed", "batch_size": step, "predicted_peak_bytes": pred.peak,
-            "reason": f"streamed{split} ({why}): predicted peak {pred.describe()}; budget {budget.describe()}"}
+    return memory_plan("streamed", step, batch, streamed(step), budget, why)
 
 
 @dataclass
@@ -265,7 +259,9 @@ def _sink(subject, ctx):
             ids = torch.cat([torch.full((batch, 1), subject.bos_token_id or ids[0, 0].item()), ids], dim=1)
             ctx.stimuli["sink"] = {"kind": "random_tokens", "tokens": n_tokens, "batch": batch, "bos": True,
                                    "seed": ctx.seed + 2}
-        return _by_layer(capture(subject, ids), subject)
+        cap = capture(subject, ids)
+        ctx.stimuli["sink"]["memory"] = cap.memory
+        return _by_layer(cap, subject)
 
     pats = ctx.get("sink", build)
     return {"sink_rate": sink_rate(pats, key=0, epsilon=0.3).numpy(),

@@ -27,8 +27,8 @@ import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
-from ..patterns.capture import too_big
-from ..patterns.memory import FLOAT32, Budget, ModelDims, Prediction, forward_peak, largest_step
+from ..patterns.capture import memory_plan, too_big
+from ..patterns.memory import FLOAT32, Budget, ModelDims, Prediction, forward_peak, largest_step, steady_allocator
 from ..patterns.stats import predict_stats
 from ..progress import progress
 from ..stimuli.lists import RecallLists
@@ -175,22 +175,23 @@ def predict_list_capture(dims: ModelDims, lists: RecallLists, lags, method: str,
                          n_layers: int | None = None, device_type: str = "cpu") -> Prediction:
     """Peak memory of ``capture_lists`` with ``method`` ("exact" or "streamed") in batch steps of ``step`` rows.
 
-    Per step: the model's activations; the logits at the test positions (B x kept positions x vocab) with their
-    log-softmax and the gathered rows (counted as three such tensors); exact: one layer's float32 score rows
+    Per step: the model's activations; the logits at the distinct test positions (B x kept positions x vocab),
+    their log-softmax and the rows gathered at each test item; exact: one layer's float32 score rows
     (B x H x test items x N, twice while masked) and the selected queries and keys; streamed: the kernels'
     working memory (``predict_stats``). Kept: every layer's lag / study-item results of the whole batch.
     """
     step = min(step or lists.batch, lists.batch)
     n, q = lists.input_ids.shape[1], lists.test_pos.shape[1]
     n_layers = dims.n_layers if n_layers is None else n_layers
-    n_keep = min(n, step * q)  # logits_to_keep: the distinct test positions of the step's rows
+    n_keep = max(len(torch.unique(lists.test_pos[lo:lo + step])) for lo in range(0, lists.batch, step))
     kept = 2 * n_layers * lists.batch * dims.n_heads * q * (2 * len(lags) + lists.n_items) * FLOAT32  # + the joins
     if method == "streamed":
         return predict_stats(dims, stats_request(lists, slice(0, step), lags), step, n, n_layers=n_layers,
-                             step=step, device_type=device_type, extra_kept=kept)
+                             step=step, device_type=device_type, extra_kept=kept, n_logits=2 * n_keep + q)
     rows = step * dims.n_heads * q * n * FLOAT32
     extra = 2 * rows + step * dims.n_heads * (q + n) * dims.d_head * FLOAT32 + step * q * n
-    return forward_peak(dims, step, n, device_type=device_type, n_logits=3 * n_keep, kept=kept, layer_extra=extra)
+    # logits at the kept positions, their log-softmax and the rows gathered from it: (2 x kept + test items) x vocab
+    return forward_peak(dims, step, n, device_type=device_type, n_logits=2 * n_keep + q, kept=kept, layer_extra=extra)
 
 
 def plan_lists(subject, lists: RecallLists, lags, method: str, batch_size: int | None, layers,
@@ -202,6 +203,7 @@ def plan_lists(subject, lists: RecallLists, lags, method: str, batch_size: int |
     if method == "streamed" and not lists.contiguous:
         raise InputError("the streamed path needs study items on consecutive positions (token lag = item lag); "
                          "use method='exact' for lists with separators")
+    steady_allocator()
     dims, budget = ModelDims.of(subject), budget or Budget.now(subject.device)
 
     def predictor(name):
@@ -218,9 +220,7 @@ def plan_lists(subject, lists: RecallLists, lags, method: str, batch_size: int |
         if step and budget.allows(predict(step)):
             why = "asked for" if method != "auto" else ("fits" if name == "exact" else
                                                         f"exact would need {tried['exact'].describe()}")
-            return {"method": name, "batch_size": min(step, lists.batch), "predicted_peak_bytes": predict(step).peak,
-                    "reason": f"{name} ({why}): predicted peak {predict(step).describe()}; budget {budget.describe()}",
-                    **budget.as_dict()}
+            return memory_plan(name, min(step, lists.batch), lists.batch, predict(step), budget, why)
     name, pred = next(iter(tried.items()))
     raise too_big(f"the {name} list capture of {lists.batch} x {lists.input_ids.shape[1]} tokens", pred, budget,
                   "Use fewer or shorter lists, fewer layers, or a smaller batch_size.")
@@ -239,7 +239,7 @@ def capture_lists(subject, lists: RecallLists, *, lags=LAGS, layers=None, method
         subject.check_head(layer, 0)
     subject.check_length(lists.input_ids.shape[1])
     plan = plan_lists(subject, lists, lags, method, batch_size, layers)
-    method, step = plan["method"], plan["batch_size"]
+    method, step = plan["mode"], plan["batch_size"]
     keys, _ = item_keys(lists, lags)
     study_keys = lists.study_pos[:, None, :].expand(-1, lists.test_pos.shape[1], -1)
     masked = lists.test_item < 0

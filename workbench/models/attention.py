@@ -147,14 +147,15 @@ def exact_scores(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, he
     return scores.masked_fill(~call.visibility(query.device), -math.inf)
 
 
-PATTERN_CHUNK_BYTES = 32 << 20  # float32 scores of one query chunk in exact_patterns
+PATTERN_CHUNK_BYTES = 32 << 20  # float32 scores per query chunk in exact_patterns (bounds its mask temporaries)
 
 
 def exact_patterns(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, heads) -> torch.Tensor:
-    """Float32 post-softmax patterns (B, len(heads), Nq, Nk) of query heads ``heads``, computed in chunks of queries.
+    """Float32 post-softmax patterns (B, len(heads), Nq, Nk) of query heads ``heads``, computed in place in the result.
 
-    Equal to ``softmax_rows(exact_scores(call, query, key, heads))`` (softmax is per row); beyond the result it holds
-    only one chunk's scores (about ``PATTERN_CHUNK_BYTES``) instead of three full B x h x Nq x Nk tensors.
+    The same numbers as ``softmax_rows(exact_scores(call, query, key, heads))`` (softmax as exp(s - max) / sum,
+    rows with no visible key all zeros), but each chunk of query rows is scored, masked and normalised inside the
+    returned tensor, so the only other memory is the selected queries and keys and one chunk's mask.
     """
     idx = torch.as_tensor(heads, device=query.device)
     query, key = query[:, idx], key[:, idx // call.group]
@@ -164,12 +165,14 @@ def exact_patterns(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, 
     key_t = key.float().transpose(-1, -2)
     rows = max(1, PATTERN_CHUNK_BYTES // (4 * b * h * call.n_keys))
     for r0 in range(0, nq, rows):
-        r1 = min(nq, r0 + rows)
-        scores = torch.matmul(query[:, :, r0:r1].float(), key_t).mul_(call.scaling)
+        block = out[:, :, r0:r0 + rows]
+        torch.matmul(query[:, :, r0:r0 + rows].float(), key_t, out=block)
+        block.mul_(call.scaling)
         if call.softcap is not None:
-            scores = torch.tanh(scores / call.softcap).mul_(call.softcap)
-        scores.masked_fill_(~visible[:, :, r0:r1], -math.inf)
-        out[:, :, r0:r1] = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+            block.div_(call.softcap).tanh_().mul_(call.softcap)
+        block.masked_fill_(~visible[:, :, r0:r0 + rows], -math.inf)
+        block.sub_(block.amax(-1, keepdim=True)).exp_()
+        block.div_(block.sum(-1, keepdim=True)).nan_to_num_(0.0)
     return out
 
 

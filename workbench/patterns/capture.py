@@ -16,8 +16,8 @@ import torch
 
 from ..errors import CaptureMemoryError, InputError
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
-from .memory import (FLOAT32, Budget, ModelDims, Prediction, exact_layer_bytes, forward_peak, human, largest_step,
-                     pattern_bytes)
+from .memory import (FLOAT32, Budget, ModelDims, Prediction, exact_layer_bytes, forward_peak, largest_step,
+                     pattern_bytes, steady_allocator)
 
 HeadSel = dict[int, list[int]]
 
@@ -166,7 +166,7 @@ def predict_capture(dims: ModelDims, selection: HeadSel, batch: int, n_tokens: i
         kept += pattern_bytes(batch, n_sel, n_rows or n, n)
     if z:
         kept += len(selection) * batch * n * dims.q_width * FLOAT32
-    if logits:
+    if logits and (device_type != "cpu" or step < batch):  # else the model's logits tensor is the kept one
         kept += batch * n * dims.vocab * FLOAT32
     extra = 0
     if patterns:
@@ -195,6 +195,15 @@ def too_big(what: str, prediction: Prediction, budget: Budget, advice: str) -> C
                               f"{budget.describe()}. {advice}")
 
 
+def memory_plan(mode: str, step: int, batch: int, prediction: Prediction, budget: Budget, why: str) -> dict:
+    """What a pass chose and why, for metadata: mode, batch step, predicted peak, budget, a one-line reason."""
+    split = f" in steps of {step} of {batch} rows" if step < batch else ""
+    return {"mode": mode, "batch_size": step, "predicted_peak_bytes": prediction.peak,
+            "predicted_host_bytes": prediction.host, "predicted_device_bytes": prediction.device,
+            "reason": f"{mode}{split} ({why}): predicted peak {prediction.describe()}; budget {budget.describe()}",
+            **budget.as_dict()}
+
+
 ADVICE = ("Capture fewer heads (heads=[(layer, head), ...]), a few query rows (rows=[...]), or streamed "
           "statistics that never store N x N: workbench.patterns.capture_stats(...)")
 
@@ -221,6 +230,7 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
         raise InputError(f"rows must lie in 0..{n_tokens - 1}")
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    steady_allocator()
     dims, budget = ModelDims.of(subject), budget or Budget.now(subject.device)
 
     def predict(step: int) -> Prediction:
@@ -254,10 +264,9 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
                 logit_rows.put(0, out.logits.float().cpu())
             del out
     mask = batch.get("attention_mask")
-    plan = predict(step)
     result = Capture(input_ids=ids.cpu(), attention_mask=None if mask is None else mask.cpu(), heads=selection,
-                     rows=rows_t, memory={"batch_size": step, "predicted_host_bytes": plan.host,
-                                          "predicted_device_bytes": plan.device, **budget.as_dict()})
+                     rows=rows_t, memory=memory_plan("exact", step, n_batch, predict(step), budget,
+                                                     "asked for" if batch_size else "fits"))
     if isinstance(recorder, PatternRecorder):
         result.patterns = recorder.patterns
     elif recorder is not None:

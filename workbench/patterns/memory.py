@@ -10,6 +10,9 @@ The formulas and the measurements that check them are in docs/capture-memory.md.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -18,8 +21,9 @@ from ..models.attention import PATTERN_CHUNK_BYTES
 
 FLOAT32 = 4
 MEMORY_FRACTION = 0.5  # auto choices keep a predicted peak within this share of the free memory
-CPU_OVERHEAD = 0.25  # glibc: freed heap memory that is not returned, as a share of the model's activations
-FIXED_OVERHEAD = 48 << 20  # allocator and thread-pool bookkeeping, cuBLAS/oneDNN workspaces
+MMAP_THRESHOLD = 1 << 20  # steady_allocator: blocks of 1 MiB or more are mapped and unmapped, never kept
+CPU_OVERHEAD = 0.25  # heap blocks under 1 MiB and BLAS packing buffers, as a share of the model's own activations
+FIXED_OVERHEAD = 40 << 20  # allocator and BLAS workspaces: measured 5-17 MiB beyond the activations of plain forwards
 
 
 def available_bytes(device: torch.device) -> int:
@@ -35,6 +39,26 @@ def available_bytes(device: torch.device) -> int:
     except OSError:
         pass
     return 8 << 30  # unknown platform: assume 8 GiB
+
+
+@functools.cache
+def steady_allocator() -> bool:
+    """On Linux with glibc, fix malloc's mmap threshold at 1 MiB (and the trim threshold at 2 MiB) for this process.
+
+    Every block of 1 MiB or more (every tensor that matters) is then returned to the system when freed, so the
+    RSS follows the live tensors that the predictions count. glibc's default raises the threshold to the largest
+    block freed so far (up to 32 MiB) and keeps freed heap blocks mapped: captures then peaked at up to 2.3x their
+    live bytes (docs/capture-memory.md). Called by every capture entry point; returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc only (musl has no mallopt thresholds)
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(libc.mallopt(m_trim_threshold, 2 * MMAP_THRESHOLD))
 
 
 def pattern_bytes(batch: int, n_heads: int, n_queries: int, n_keys: int) -> int:
@@ -134,13 +158,13 @@ class Budget:
 
 
 def exact_layer_bytes(batch: int, n_heads: int, n_queries: int, n_keys: int, d_head: int) -> int:
-    """Transient bytes of models.attention.exact_patterns for ``n_heads`` heads: the float32 result, the selected
-    queries and keys, and one chunk of scores (matmul result and softmax) plus its visibility mask."""
+    """Transient bytes of models.attention.exact_patterns for ``n_heads`` heads: the float32 result (computed in
+    place), the selected queries and keys, and one query chunk's negated visibility mask."""
     out = pattern_bytes(batch, n_heads, n_queries, n_keys)
     selected = batch * n_heads * (n_queries + n_keys) * d_head * FLOAT32
     row = pattern_bytes(batch, n_heads, 1, n_keys)
-    chunk = min(n_queries, max(1, PATTERN_CHUNK_BYTES // row)) * row
-    return out + selected + 2 * chunk + chunk // 4
+    chunk_rows = min(n_queries, max(1, PATTERN_CHUNK_BYTES // row))
+    return out + selected + batch * chunk_rows * n_keys
 
 
 def forward_peak(dims: ModelDims, batch: int, n_tokens: int, *, device_type: str = "cpu", n_logits: int | None = None,
@@ -179,7 +203,8 @@ def forward_peak(dims: ModelDims, batch: int, n_tokens: int, *, device_type: str
         kv_cache = 2 * b * kept_tokens * kv * f
     activations = resident + masks + stages[stage] + kv_cache
     if device_type == "cpu":
-        overhead = FIXED_OVERHEAD + int(CPU_OVERHEAD * activations)
+        own = activations - (layer_extra if stage == "captured layer" else 0)  # the model's own tensors
+        overhead = FIXED_OVERHEAD + int(CPU_OVERHEAD * own)
         terms = {"kept": kept, f"activations ({stage})": activations, "allocator": overhead}
         return Prediction(host=kept + activations + overhead, device=0, device_type="cpu", terms=terms)
     overhead = FIXED_OVERHEAD

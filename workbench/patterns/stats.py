@@ -15,8 +15,8 @@ import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, active_hooks, hooks_active
-from .capture import ZRecorder, logits_kwargs, too_big
-from .memory import FLOAT32, Budget, ModelDims, Prediction, forward_peak, largest_step
+from .capture import ZRecorder, logits_kwargs, memory_plan, too_big
+from .memory import FLOAT32, Budget, ModelDims, Prediction, forward_peak, largest_step, steady_allocator
 
 
 class StatsRecorder(AttentionHook):
@@ -74,20 +74,20 @@ def stats_bytes(request, n_heads: int, batch: int, n_queries: int, n_keys: int) 
 
 
 def reference_temp_bytes(request, n_heads: int, batch: int, n_queries: int, n_keys: int) -> int:
-    """Transient bytes of the kernels' chunked PyTorch reference: a few float32 copies of one query chunk of scores
-    (scores, masked scores, exp(s - lse), probabilities, one statistic's product; a sort's values and int64
-    indices for top-k), and the chunks' outputs while they are concatenated."""
+    """Transient bytes of the kernels' chunked PyTorch reference: three float32 copies of one query chunk of scores
+    (masked scores, and s - lse with its exp, or a statistic's product with the probabilities; a sort's values and
+    int64 indices for top-k), and the chunks' outputs while they are concatenated."""
     from ..kernels.reference import CHUNK_ELEMENTS
 
     row = batch * n_heads * n_keys
     chunk = min(n_queries, max(1, CHUNK_ELEMENTS // max(1, row))) * row
-    copies = 4 + (3 if request.topk is not None else 0)
+    copies = 3 + (3 if request.topk is not None else 0)
     return copies * chunk * FLOAT32 + stats_bytes(request, n_heads, batch, n_queries, n_keys)
 
 
 def predict_stats(dims: ModelDims, request, batch: int, n_tokens: int, *, n_layers: int | None = None,
                   step: int | None = None, device_type: str = "cpu", logits: bool = False,
-                  padded: bool = False, extra_kept: int = 0) -> Prediction:
+                  padded: bool = False, extra_kept: int = 0, n_logits: int | None = None) -> Prediction:
     """Peak memory of ``capture_stats`` on ``batch`` x ``n_tokens`` in steps of ``step`` rows: the statistics of
     ``n_layers`` layers kept (twice while several steps are joined), the model's activations at one step, and the
     kernels' working memory in one layer (the reference's chunk on a CPU; the outputs on a GPU)."""
@@ -99,8 +99,10 @@ def predict_stats(dims: ModelDims, request, batch: int, n_tokens: int, *, n_laye
         extra = reference_temp_bytes(request, dims.n_heads, step, n_tokens, n_tokens)
     else:
         extra = 2 * stats_bytes(request, dims.n_heads, step, n_tokens, n_tokens)
-    return forward_peak(dims, step, n_tokens, device_type=device_type, n_logits=n_tokens if logits else 1,
-                        kept=kept + extra_kept + (batch * n_tokens * dims.vocab * FLOAT32 if logits else 0),
+    n_logits = n_logits or (n_tokens if logits else 1)  # positions whose logits the model computes per row
+    return forward_peak(dims, step, n_tokens, device_type=device_type, n_logits=n_logits,
+                        kept=kept + extra_kept + (batch * n_tokens * dims.vocab * FLOAT32 if logits and (
+                            device_type != "cpu" or step < batch) else 0),  # else the model's logits are the kept ones
                         layer_extra=extra, padded=padded)
 
 
@@ -125,6 +127,7 @@ def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto
         subject.check_head(layer, 0)
     if batch_size is not None and batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    steady_allocator()
     dims, budget = ModelDims.of(subject), budget or Budget.now(subject.device)
 
     def predict(step: int) -> Prediction:
@@ -153,9 +156,8 @@ def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto
     stats = {}
     for layer, parts in recorder.stats.items():
         stats[layer] = {name: torch.cat([p[name] for p in parts]) for name in parts[0]} if len(parts) > 1 else parts[0]
-    plan = predict(step)
     return StatsCapture(input_ids=batch["input_ids"].cpu(), stats=stats,
                         logits=(torch.cat(out_logits) if len(out_logits) > 1 else out_logits[0]) if logits else None,
                         z=zrec.z if zrec else {},
-                        memory={"batch_size": step, "predicted_host_bytes": plan.host,
-                                "predicted_device_bytes": plan.device, **budget.as_dict()})
+                        memory=memory_plan("streamed", step, n_batch, predict(step), budget,
+                                           "asked for" if batch_size else "fits"))

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..patterns.capture import too_big
-from ..patterns.memory import Budget, ModelDims, largest_step
+from ..patterns.capture import memory_plan, too_big
+from ..patterns.memory import Budget, ModelDims, largest_step, steady_allocator
 from ..progress import progress
 from ..stimuli.niah import NeedleTest
 from .decode import decode, predict_decoding, prefill
@@ -88,6 +88,7 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
     by_length = defaultdict(list)
     for i, t in enumerate(tests):
         by_length[len(t.input_ids)].append(i)
+    steady_allocator()
     dims, budget = ModelDims.of(subject), Budget.now(subject.device)
     chunks, memory = [], {}
     for n, idx in sorted(by_length.items()):
@@ -97,7 +98,7 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
         step = largest_step(predict, min(batch_size, len(idx)), budget)
         if step == 0:
             raise too_big(f"answering {n}-token NIAH prompts", predict(1), budget, "Use shorter prompts.")
-        memory[n] = {"batch_size": step, "predicted_peak_bytes": predict(step).peak}
+        memory[str(n)] = memory_plan("decode", step, len(idx), predict(step), budget, "fits")
         chunks += [idx[s:s + step] for s in range(0, len(idx), step)]
     rows = {name: [None] * len(tests) for name in masks}
     scores = {name: [None] * len(tests) for name in recorded}
@@ -126,7 +127,7 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
         bar.close()
     settings = {"max_new_tokens": max_new_tokens, "mask_prefill": mask_prefill, "stop_at_newline": stop_at_newline,
                 "masking": "ZeroQuery (query zeroing, Wu et al. 2024)",
-                "memory": {"by_length": memory, "budget": budget.describe(), **budget.as_dict()}}
+                "memory": memory}  # per prompt length
     return {name: NiahRun(pd.DataFrame(rows[name]),
                           np.stack(scores[name]).astype(np.float32) if name in recorded else None,
                           {**settings, "condition": name, "masked": [list(h) for h in masks[name]]})

@@ -26,7 +26,7 @@ MIN_QUERIES = 16
 
 def key_importance_all(subject, input_ids, layers=None, batch_size: int | None = None, budget=None) -> torch.Tensor:
     """(L, H, B, N) alpha_k of every head on the batch: one capture whose patterns are reduced to alpha layer by layer
-    (summed in float64), in batch steps when the whole batch would not fit (``batch_size``; default chosen by capture)."""
+    (float32 sums), in batch steps when the whole batch would not fit (``batch_size``; default chosen by capture)."""
     return _key_importance(subject, input_ids, layers, batch_size, budget)[0]
 
 
@@ -36,7 +36,7 @@ def _key_importance(subject, input_ids, layers, batch_size, budget) -> tuple[tor
         raise InputError("key importance needs unpadded sequences of equal length: cut the texts to one length")
     layers = list(range(subject.n_layers)) if layers is None else list(layers)
     cap = capture(subject, batch["input_ids"], layers=layers, batch_size=batch_size, budget=budget, reduce_copies=0.0,
-                  reduce=lambda layer, pattern: key_importance(pattern, dtype=torch.float64).float().cpu())
+                  reduce=lambda layer, pattern: key_importance(pattern).cpu())
     return torch.stack([cap.reduced[l].transpose(0, 1) for l in layers]), cap.memory
 
 

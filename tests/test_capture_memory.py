@@ -1,0 +1,96 @@
+"""Memory predictions are upper bounds that are not wasteful: measured peak <= predicted <= 1.5 x measured.
+
+Each case runs in a child process (benchmarks/capture_memory.py: niced, under an address-space limit) that
+resets its high-water mark, runs one capture path once and reports the growth of its peak RSS (on a GPU,
+torch.cuda.max_memory_allocated). Shapes keep each peak between ~100 MB and ~1 GB.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from workbench.models.attention import PATTERN_CHUNK_BYTES
+from workbench.patterns import Budget, ModelDims, Prediction, predict_capture
+from workbench.patterns.memory import exact_layer_bytes, largest_step
+from tests.conftest import tiny_gemma3
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("capture_memory", ROOT / "benchmarks" / "capture_memory.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+TINY_CASES = [
+    {"model": "tiny-llama-h8", "path": "capture", "batch": 4, "n": 512},
+    {"model": "tiny-llama-h8", "path": "sinks", "batch": 8, "n": 1024},
+    {"model": "tiny-gemma3-w64", "path": "capture", "batch": 8, "n": 700},
+    {"model": "tiny-gemma3-w64", "path": "capture_rows_z", "batch": 6, "n": 900, "rows": 8, "batch_size": 2},
+]
+MODEL_CASES = [
+    {"model": "smollm2-135m", "path": "capture", "batch": 2, "n": 400},
+    {"model": "smollm2-135m", "path": "scan_exact", "batch": 10, "seq_len": 300},
+    {"model": "smollm2-135m", "path": "scan_streamed", "batch": 10, "seq_len": 600},
+    {"model": "smollm2-135m", "path": "lists", "batch": 20, "items": 200, "method": "exact"},
+    {"model": "gemma3-270m", "path": "capture", "batch": 2, "n": 700},
+    {"model": "gemma3-270m", "path": "scan_exact", "batch": 10, "seq_len": 400},
+    {"model": "gemma3-270m", "path": "sinks", "batch": 4, "n": 1024},
+    {"model": "gemma3-270m", "path": "niah", "batch": 2, "n": 2048, "new": 8},
+]
+
+
+def check(rows: list[dict], cases: list[dict]) -> None:
+    assert len(rows) == len(cases)
+    for r in rows:
+        label = f"{r['model']} {r['path']}: predicted {r['predicted'] >> 20} MiB, measured {r['measured'] >> 20} MiB"
+        assert r["measured"] <= r["predicted"], label
+        assert r["predicted"] <= 1.5 * r["measured"], label
+
+
+def cached(name: str) -> bool:
+    from workbench.models.cache import manifest
+
+    return manifest(name) is not None
+
+
+def test_predictions_bound_measured_peaks_of_tiny_architectures():
+    check(list(bench.measure(TINY_CASES, limit_gib=6)), TINY_CASES)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_predictions_bound_measured_peaks_of_real_models():
+    cases = [c for c in MODEL_CASES if c["model"] == "smollm2-135m" or cached(c["model"])]
+    check(list(bench.measure(cases, limit_gib=8)), cases)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_predictions_bound_cuda_max_memory_allocated():
+    cases = TINY_CASES + [c for c in MODEL_CASES if c["model"] == "smollm2-135m"]
+    check(list(bench.measure(cases, device="cuda", limit_gib=64)), cases)
+
+
+def test_exact_layer_bytes_follow_the_chunking():
+    """The transient of one layer's exact patterns: the result, the selected q/k, one chunk's bool mask."""
+    out = 2 * 3 * 700 * 700 * 4
+    rows = min(700, PATTERN_CHUNK_BYTES // (2 * 3 * 700 * 4))
+    assert exact_layer_bytes(2, 3, 700, 700, 16) == out + 2 * 3 * 1400 * 16 * 4 + 2 * rows * 700
+
+
+def test_predictions_grow_with_the_batch_step_and_largest_step_finds_the_edge():
+    subject = tiny_gemma3()
+    dims = ModelDims.of(subject)
+    assert (dims.sliding_layers, dims.window, dims.d_ff) == (2, 4, 64)
+    sel = {layer: [0, 1, 2] for layer in range(3)}
+    preds = [predict_capture(dims, sel, 16, 200, n_rows=4, step=s).host for s in range(1, 17)]
+    assert preds == sorted(preds) and preds[0] < preds[-1]
+    budget = Budget(host_free=2 * preds[6] + 1, device_free=None)  # allows steps 1..7 (fraction 0.5)
+
+    def predict(step: int) -> Prediction:
+        return predict_capture(dims, sel, 16, 200, n_rows=4, step=step)
+
+    assert largest_step(predict, 16, budget) == 7
+    assert largest_step(predict, 16, Budget(host_free=1, device_free=None)) == 0
