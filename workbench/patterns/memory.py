@@ -168,8 +168,7 @@ def exact_layer_bytes(batch: int, n_heads: int, n_queries: int, n_keys: int, d_h
 
 
 def forward_peak(dims: ModelDims, batch: int, n_tokens: int, *, device_type: str = "cpu", n_logits: int | None = None,
-                 kept: int = 0, layer_extra: int = 0, padded: bool = False, cache: bool = False,
-                 n_passes_kept: int = 1) -> Prediction:
+                 kept: int = 0, layer_extra: int = 0, padded: bool = False, cache: bool = False) -> Prediction:
     """Predicted peak of one forward pass of ``batch`` x ``n_tokens`` (no grad) under hooks.
 
     ``n_logits``: positions per row whose logits the model computes (None: all; 1 with ``logits_to_keep=1``).
