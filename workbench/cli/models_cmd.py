@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import validate
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the models that load with no hub, and which are cached")
@@ -10,7 +12,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_models)
     p = sub.add_parser("fetch", help="download, verify and convert a registered model into the cache")
     p.add_argument("name", help="a registered model name (see `workbench models`)")
-    p.add_argument("--gguf", help="use this local GGUF file instead of downloading it (checked by sha256)")
+    p.add_argument("--gguf", type=validate.input_file, help="use this local GGUF file instead of downloading it (checked by sha256)")
     p.add_argument("--force", action="store_true", help="convert again even if cached")
     p.set_defaults(func=run_fetch)
 
