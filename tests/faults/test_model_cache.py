@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -186,10 +185,9 @@ def test_fetch_killed_with_sigkill_leaves_a_temp_folder_that_the_next_fetch_remo
     # a temp folder whose writer is alive (this process) is kept
     alive = home / "models" / f".{NAME}.alive"
     alive.mkdir()
-    from workbench.models.download import WRITER, _process_start
+    from workbench.models.download import WRITER, writer_info
 
-    (alive / WRITER).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                            "start": _process_start(os.getpid())}))
+    (alive / WRITER).write_text(json.dumps(writer_info()))
 
     def offline(spec, work):
         raise ModelUnavailableError("offline (test)")

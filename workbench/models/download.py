@@ -85,6 +85,11 @@ def _convert(spec: PretrainedSpec, gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def writer_info() -> dict:
+    """Who this process is ({host, pid, start}), as a fetch records it in its temporary folder."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
 def _writer_alive(info: dict) -> bool:
     """True unless the process that wrote ``info`` ({host, pid, start}) is known to be gone (other hosts: alive)."""
     if info.get("host") != socket.gethostname():
@@ -151,8 +156,7 @@ def fetch(name: str, gguf: str | Path | None = None, force: bool = False) -> Pat
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=final.parent) as tmp:
         work = Path(tmp)
-        atomic_write_json(work / WRITER, {"host": socket.gethostname(), "pid": os.getpid(),
-                                          "start": _process_start(os.getpid())})
+        atomic_write_json(work / WRITER, writer_info())
         if gguf is not None:
             source = Path(gguf).expanduser()
             if not source.is_file():

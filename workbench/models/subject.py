@@ -29,7 +29,7 @@ def resolve_device(device=None) -> torch.device:
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return default_device()
     try:
-        resolved = device if isinstance(device, torch.device) else torch.device(str(device).strip())
+        resolved = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
     except (RuntimeError, ValueError, TypeError):
         raise InputError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
     if resolved.type == "cpu":
