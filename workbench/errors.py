@@ -22,3 +22,8 @@ class InputError(WorkbenchError, ValueError):
 
 class CaptureMemoryError(WorkbenchError, MemoryError):
     """An exact capture would not fit in memory; the message gives the bytes and the alternative."""
+
+
+class DamagedModelError(ModelUnavailableError):
+    """A model's files are damaged (wrong size or hash, missing, unreadable, non-finite logits); the message says
+    how to replace them (`workbench fetch NAME --force` for the cache)."""

@@ -21,7 +21,8 @@ import torch
 
 from ..errors import InputError
 from .hook import expand_heads
-from .specs import AddToHead, KnockOutKeys, ReplaceHead, ScaleHead, ScaleKeys, ZeroHead, ZeroQuery, ZeroValue
+from .specs import (AddToHead, KnockOutKeys, ReplaceHead, ScaleHead, ScaleKeys, ZeroHead, ZeroQuery, ZeroValue,
+                    key_positions)
 
 Z_SPECS = (ZeroHead, ZeroValue, ScaleHead, ReplaceHead, AddToHead)
 
@@ -101,10 +102,7 @@ def _tl_hook(spec, layer: int, head: int):
         factor = 0.0 if isinstance(spec, KnockOutKeys) else spec.factor
 
         def fn(pattern, hook):  # (B, H, Nq, Nk) post-softmax
-            n_keys = pattern.shape[-1]
-            keys = [k for k in spec.keys if -n_keys <= k < n_keys]
-            if not keys:
-                return pattern
+            keys = key_positions(spec, pattern.shape[-1])
             pattern = pattern.clone()
             r = _rows(spec, pattern.shape[0])
             rr = torch.arange(pattern.shape[0]) if isinstance(r, slice) else r

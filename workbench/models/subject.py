@@ -11,13 +11,42 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import DamagedModelError, InputError
 from . import attention
 
 
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps or auto"
+
+
+def resolve_device(device=None) -> torch.device:
+    """A usable torch.device from None/"auto" (the GPU when present), "cpu", "cuda", "cuda:N" or "mps"; InputError
+    for a misspelt device or one this machine does not have (checked before anything is loaded)."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return default_device()
+    try:
+        resolved = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "torch sees no GPU"
+            raise InputError(f"device {device!r}: no CUDA GPU is available on this machine ({why}): use cpu")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(f"device {device!r}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}")
+        return resolved
+    if resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r}: Apple's MPS is not available on this machine: use cpu")
+        return resolved
+    raise InputError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
 
 
 @dataclass
@@ -119,8 +148,9 @@ class Subject:
         ids = self.tokenizer("a")["input_ids"]
         return self.bos_token_id is not None and len(ids) > 0 and ids[0] == self.bos_token_id
 
-    def encode(self, text: str, prepend_bos: bool | None = None) -> torch.Tensor:
-        """Token ids (1-D) of ``text``; BOS prepended if asked (default: as the tokenizer does)."""
+    def encode(self, text: str, prepend_bos: bool | None = None, max_tokens: int | None = None) -> torch.Tensor:
+        """Token ids (1-D) of ``text``; BOS prepended if asked (default: as the tokenizer does); cut to the first
+        ``max_tokens`` (BOS included) before the context-limit check when given (for callers that use only those)."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the prompt is empty: give at least one token of text")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -128,6 +158,8 @@ class Subject:
             if self.bos_token_id is None:
                 raise InputError(f"{self.name}'s tokenizer has no BOS token: call with prepend_bos=False")
             ids = [self.bos_token_id] + ids
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
         self.check_length(len(ids))
         return torch.tensor(ids, dtype=torch.long)
 
@@ -234,24 +266,51 @@ class Subject:
 
 
 def from_pretrained_folder(name: str, folder: str | Path, device=None, dtype=None,
-                           weights_note: str = "", meta: dict | None = None) -> Subject:
-    """Load an HF folder (or hub id) as a Subject running the workbench attention."""
+                           weights_note: str = "", meta: dict | None = None, fix: str | None = None) -> Subject:
+    """Load an HF folder (or hub id) as a Subject running the workbench attention.
+
+    A local folder that fails to load, or whose logits on a probe token are not finite, raises
+    DamagedModelError with ``fix`` (what to run to replace the files) in its message.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
 
     attention.register()
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
+    local = Path(folder).expanduser().is_dir()
+    fix = fix or "save the model into the folder again (save_pretrained) or restore its files"
     hf_logging.disable_progress_bar()  # loading a cached folder takes ~0.5 s: no bar
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype or torch.float32, attn_implementation=attention.IMPLEMENTATION
         ).to(device)
         tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as err:
+        if not local:
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DamagedModelError(f"cannot load the model in {folder} ({type(err).__name__}: {reason}): {fix}") from err
     finally:
         hf_logging.enable_progress_bar()
+    check_finite_logits(model, tokenizer, folder, fix)
     return Subject(name=name, model=model, tokenizer=tokenizer, source=str(folder),
                    weights_note=weights_note, meta=meta or {})
+
+
+@torch.no_grad()
+def check_finite_logits(model, tokenizer, folder, fix: str) -> None:
+    """Run one probe token (BOS, else id 0) and raise DamagedModelError unless every logit is finite."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
+    if not 0 <= token < model.config.vocab_size:
+        token = 0
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([[token]], device=device), use_cache=False).logits
+    if not bool(torch.isfinite(logits).all()):
+        raise DamagedModelError(f"the model in {folder} gives non-finite logits (NaN or inf) on a probe token: "
+                                f"its weights are damaged; {fix}")
 
 
 def from_model(model, tokenizer, name: str = "custom", weights_note: str = "") -> Subject:

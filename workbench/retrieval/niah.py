@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..inputs import as_heads
 from ..progress import progress
 from ..stimuli.niah import NeedleTest
 from .decode import decode, prefill
@@ -60,10 +61,9 @@ def _check_tests(subject, tests) -> list[NeedleTest]:
 
 
 def _check_heads(subject, heads) -> list[Head]:
-    out = []
-    for layer, head in heads:
-        subject.check_head(int(layer), int(head))
-        out.append((int(layer), int(head)))
+    out = as_heads(heads)
+    for layer, head in out:
+        subject.check_head(layer, head)
     return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..inputs import parse_head
 from ..interventions import apply
 from ..patterns.memory import FLOAT32, available_bytes
 from ..tasks.base import TaskBatch, gather_targets
@@ -35,15 +36,8 @@ def cell_name(heads: Sequence[Head]) -> str:
 
 
 def parse_heads(text: str) -> Cell:
-    """'L3H1+L4H2' (or 'L3H1') -> ((3, 1), (4, 2))."""
-    out = []
-    for part in text.replace(" ", "").split("+"):
-        try:
-            layer, head = part.upper().lstrip("L").split("H")
-            out.append((int(layer), int(head)))
-        except ValueError:
-            raise InputError(f"cannot read head {part!r}: write heads as L<layer>H<head>, e.g. L3H1 or L3H1+L4H2") from None
-    return tuple(sorted(set(out)))
+    """'L3H1+L4H2' (or 'L3H1', '3.1+4.2') -> ((3, 1), (4, 2)); heads read by ``workbench.inputs.parse_head``."""
+    return tuple(sorted({parse_head(part) for part in text.replace(" ", "").split("+")}))
 
 
 @dataclass
