@@ -22,3 +22,15 @@ class InputError(WorkbenchError, ValueError):
 
 class CaptureMemoryError(WorkbenchError, MemoryError):
     """An exact capture would not fit in memory; the message gives the bytes and the alternative."""
+
+
+class FolderInUseError(WorkbenchError):
+    """A result folder that another process is writing (its lock is held); the message names that process."""
+
+
+class DamagedResultsError(WorkbenchError):
+    """A result folder's manifest cannot be read; the message names the file and what to do."""
+
+
+class WorkbenchWarning(UserWarning):
+    """Something the user should know that does not stop the work (e.g. a damaged part set aside and recomputed)."""
