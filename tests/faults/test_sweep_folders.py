@@ -6,6 +6,7 @@ from the CLI), nothing lost, nothing mixed. The concurrency test runs two real p
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,7 +101,7 @@ run_sweep(subject, induction_task(subject, 4, 8, filter=False), sys.argv[1], int
 """
 
 
-def test_2_a_second_writer_is_refused_and_nothing_is_lost(tiny_folder, tmp_path):
+def test_2_a_second_writer_is_refused_and_nothing_is_lost(tiny_folder, tmp_path, capsys):
     """Issue 12.2: two sweeps into one folder both exited 0 with mixed rows; a --resume deleted the other's temp files."""
     out, gate = tmp_path / "S", tmp_path / "gate"
     writer = subprocess.Popen([sys.executable, "-c", GATED, str(out), str(gate)], cwd=ROOT, env=ENV)
@@ -120,11 +121,11 @@ def test_2_a_second_writer_is_refused_and_nothing_is_lost(tiny_folder, tmp_path)
         for resume in (False, True):  # a second writer in this process, with and without resume
             with pytest.raises(FolderInUseError, match=f"pid {writer.pid}\\b"):
                 run_sweep(subject, task, out, metrics=METRICS, resume=resume)
-        # and the CLI in a third process: one line, exit code 2, the holder's pid
-        cli = subprocess.run([sys.executable, "-m", "workbench", *_sweep_argv(tiny_folder, out, "--resume")],
-                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-        assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
-        assert f"pid {writer.pid}" in cli.stderr and "being written by another process" in cli.stderr
+        # and from the CLI: one line, exit code 2, the holder's pid
+        capsys.readouterr()
+        assert main(_sweep_argv(tiny_folder, out, "--resume")) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"pid {writer.pid}" in err and "being written by another process" in err
         # the refused writers changed nothing: the running sweep's files and temp file are intact
         assert {p.name: p.read_bytes() for p in (out / "parts").iterdir() if p.is_file()} == before
         assert (out / "sweep.json").read_bytes() == manifest
@@ -172,6 +173,18 @@ def test_3_a_damaged_part_is_set_aside_and_recomputed(tiny_folder, tmp_path, cap
         pd.testing.assert_frame_equal(run_sweep(subject, task, out, metrics=METRICS, resume=True), resumed)
         assert len(list((out / "parts").glob("part-*.parquet"))) == n_parts
 
+    # the same from the CLI: the warning is one line, the sweep completes with the damaged cells recomputed
+    cli = tmp_path / "C"
+    assert main(_sweep_argv(tiny_folder, cli, "--heads", "L0H0", "L1H1")) == 0
+    before = load_sweep(cli)
+    (part,) = (cli / "parts").glob("part-*.parquet")
+    os.truncate(part, 100)
+    capsys.readouterr()
+    assert main(_sweep_argv(tiny_folder, cli, "--heads", "L0H0", "L1H1", "--resume")) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("workbench: warning: ") and "damaged" in err and err.count("\n") == 1, err
+    pd.testing.assert_frame_equal(_no_time(load_sweep(cli)), _no_time(before), atol=1e-6)
+
     # a truncated manifest: an error that names the file and what to do, from Python and from the CLI
     text = (out / "sweep.json").read_text()
     (out / "sweep.json").write_text(text[:len(text) // 2])
@@ -182,3 +195,44 @@ def test_3_a_damaged_part_is_set_aside_and_recomputed(tiny_folder, tmp_path, cap
     assert main(_sweep_argv(tiny_folder, out, "--resume")) == 2
     err = capsys.readouterr().err
     assert "sweep.json is damaged" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_releases_the_folder_and_resume_completes_it(tmp_path):
+    """What held before and must still hold: Ctrl-C mid-sweep keeps the finished parts; --resume completes the rest."""
+    out, gate = tmp_path / "S", tmp_path / "never"
+    writer = subprocess.Popen([sys.executable, "-c", GATED, str(out), str(gate)], cwd=ROOT, env=ENV,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list((out / "parts").glob("part-*.parquet"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("part-*.parquet")}
+    writer.send_signal(signal.SIGINT)
+    assert writer.wait(timeout=60) != 0 and len(kept) == 2
+    subject = tiny_llama(seed=1)
+    task = induction_task(subject, 4, 8, filter=False)
+    assert json.loads((out / "sweep.json").read_text())["status"] == "running"
+    done = run_sweep(subject, task, out, metrics=METRICS, max_rows=4, resume=True)  # the lock was released
+    assert {n: (out / "parts" / n).stat().st_mtime_ns for n in kept} == kept
+    fresh = run_sweep(subject, task, tmp_path / "fresh", metrics=METRICS)
+    pd.testing.assert_frame_equal(_no_time(done), _no_time(fresh), atol=1e-6)
+
+
+def test_old_one_file_per_cell_sweeps_are_read_but_not_continued(tiny_folder, tmp_path, capsys):
+    """Folders from before the settings hash: load_sweep reads them (nothing of the user's is lost); writing into them is refused."""
+    subject = tiny_llama(seed=1)
+    task = induction_task(subject, 4, 8, filter=False)
+    new = run_sweep(subject, task, tmp_path / "new", metrics=METRICS, cells=single_heads(subject)[:3])
+    old = tmp_path / "old"
+    (old / "parts").mkdir(parents=True)
+    meta = {k: v for k, v in new.attrs["sweep"].items() if k not in ("format", "kind", "settings_hash")}
+    (old / "sweep.json").write_text(json.dumps({**meta, "cells": ["L0H0", "L0H1"]}))
+    for heads, rows in new.drop(columns="prompt_values").groupby("heads"):  # the old layout: a file per cell
+        rows.to_parquet(old / "parts" / f"part-zero-{heads}.parquet", index=False)
+    got = load_sweep(old)
+    expected = new[new["heads"].isin(["L0H0", "L0H1"])].drop(columns="prompt_values").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected, check_dtype=False)  # the manifest's cells
+    with pytest.raises(InputError, match="older workbench.*still read it.*another --out"):
+        run_sweep(subject, task, old, metrics=METRICS, resume=True)
+    capsys.readouterr()
+    assert main(_sweep_argv(tiny_folder, old, "--resume")) == 2
+    assert "older workbench" in capsys.readouterr().err
