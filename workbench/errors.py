@@ -34,4 +34,3 @@ class WorkbenchWarning(UserWarning):
 
 class CaptureMemoryError(WorkbenchError, MemoryError):
     """An exact capture would not fit in memory; the message gives the bytes and the alternative."""
-
