@@ -177,6 +177,7 @@ class ChunkWorker:
                                       reuse_prefix=plan.reuse_prefix, layers=plan.layers)
 
     def __call__(self, cells: Sequence[Cell], on_cell: Callable[[int], object] | None = None) -> pd.DataFrame:
+        """The finished rows (``COLUMNS``) of ``cells``; ``on_cell(1)`` after each cell (progress)."""
         frames = []
         for result in self.evaluate(cells):
             frames.append(cell_rows(result, self.plan))
