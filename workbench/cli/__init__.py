@@ -11,8 +11,9 @@ import argparse
 import importlib
 import re
 import sys
+import warnings
 
-from ..errors import WorkbenchError
+from ..errors import WorkbenchError, WorkbenchWarning
 
 # subcommand modules, in the order `workbench --help` lists them
 COMMANDS = ("models_cmd", "scan_cmd", "pattern_cmd", "episodic_cmd", "train_cmd", "niah_cmd", "sweep_cmd")
@@ -77,7 +78,9 @@ def main(argv=None) -> int:
     except SystemExit as done:  # --help (0), or a bad flag or value (2: its one-line error is printed)
         return done.code if isinstance(done.code, int) else 2
     try:
-        return args.func(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args) or 0
     except WorkbenchError as err:
         message = flag_names(str(err), _command_parser(parser, args.command))
     except OSError as err:
@@ -87,6 +90,14 @@ def main(argv=None) -> int:
         return 130
     print(f"workbench: error: {one_line(message)}", file=sys.stderr)
     return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """WorkbenchWarning as one line ('workbench: warning: ...'); other warnings as Python prints them."""
+    if issubclass(category, WorkbenchWarning):
+        print(f"workbench: warning: {message}", file=file or sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from . import validate
@@ -33,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=validate.count(1), default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of needles and haystack (default 0)")
     p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
-    p.add_argument("--out", default=None, type=validate.output_folder, help="output folder (default runs/<model>/niah)")
+    p.add_argument("--out", default=None, type=validate.output_folder, help="output folder (default runs/<model>/niah); a used one needs --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings), skipping answered tests")
     p.set_defaults(func=run)
 
 
@@ -42,9 +42,8 @@ def run(args) -> int:
 
     from .. import load
     from ..atlas import Atlas
-    from ..io import atomic_write_json, atomic_write_text
     from ..retrieval.figures import accuracy_grid_figure, retrieval_heatmap
-    from ..retrieval.niah import run_conditions
+    from ..retrieval.niah_folder import ANSWERS, run_niah_grid
     from ..retrieval.scoring import RETRIEVAL_THRESHOLD
     from ..stimuli.niah import niah_grid
     from ..viz import top_table, write_report
@@ -53,18 +52,11 @@ def run(args) -> int:
     subject = load(args.model, device=args.device)
     grid = niah_grid(subject, args.lengths, args.depths, n_needles=args.needles, haystack=args.haystack, seed=args.seed)
     out = Path(args.out or validate.at_run(validate.output_folder, str(Path("runs") / subject.name / "niah"), "--out"))
-    out.mkdir(parents=True, exist_ok=True)
     conditions = {"intact": []}
     if args.mask_heads:
         conditions["masked"] = args.mask_heads
-    rows: list[dict] = []
-
-    def keep(name, row):  # every answer is on disk as soon as it is known
-        rows.append(row)
-        atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-    runs = run_conditions(subject, grid.tests, conditions, record=["intact"], max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch, on_result=keep)
+    runs = run_niah_grid(subject, grid, out, conditions, record=["intact"], resume=args.resume,
+                         max_new_tokens=args.max_new_tokens, batch_size=args.batch)
     intact = runs["intact"]
     meta = {**subject.facts(), **{f"niah_{k}": v for k, v in grid.settings.items()}, **intact.settings,
             "accuracy": {name: run.accuracy for name, run in runs.items()}}
@@ -88,7 +80,6 @@ def run(args) -> int:
               + ", ".join(f"L{r['layer']}H{r['head']} {r['retrieval']:.2f}" for _, r in top.head(5).iterrows()))
     else:
         print("  no test answered correctly: no retrieval scores (use shorter contexts or another haystack)")
-    atomic_write_json(out / "settings.json", meta)
     html = write_report(out / "niah.html", f"NIAH: {subject.name}", sections, meta)
-    print(f"answers: {out / 'answers.jsonl'}\nreport: {html}\n({time.time() - started:.1f} s)")
+    print(f"answers: {out / ANSWERS}\nreport: {html}\n({time.time() - started:.1f} s)")
     return 0
