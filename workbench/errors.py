@@ -22,3 +22,8 @@ class InputError(WorkbenchError, ValueError):
 
 class CaptureMemoryError(WorkbenchError, MemoryError):
     """An exact capture would not fit in memory; the message gives the bytes and the alternative."""
+
+
+class UnsupportedModelError(WorkbenchError):
+    """A model the workbench cannot hook: its attention does not go through transformers' AttentionInterface,
+    or a part an analysis needs (e.g. the output projection for direct logits) could not be identified."""

@@ -58,7 +58,7 @@ def rows_budget(subject, batch: TaskBatch, n_keep: int, max_rows: int | None = N
     if max_rows is not None:
         return max(1, int(max_rows))
     cfg = subject.model.config
-    d_ff = getattr(cfg, "intermediate_size", 4 * subject.d_model)
+    d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * subject.d_model
     n = batch.n_tokens
     per_row = FLOAT32 * (n * (24 * subject.d_model + 6 * d_ff + 2 * subject.n_heads * n) + 3 * n_keep * subject.vocab_size)
     free = available_bytes(subject.device)
@@ -79,7 +79,8 @@ def baseline_values(subject, batch: TaskBatch, metrics: Sequence[Metric], chunk:
     for rows in _chunks(len(batch), chunk):
         part = batch.select(rows, trim=False)
         inputs = part.model_inputs(subject.device)
-        logits = logits_from(subject, embed(subject, inputs["input_ids"]), inputs["attention_mask"], 0, keep)
+        mask = inputs["attention_mask"]
+        logits = logits_from(subject, embed(subject, inputs["input_ids"], mask), mask, 0, keep)
         target = gather_targets(logits, part, keep)
         for m in metrics:
             out[m.name].append(m(target, part).detach().double().cpu())
@@ -103,7 +104,7 @@ def evaluate_cells(subject, batch: TaskBatch, cells: Sequence[Cell], ablation: A
     parts = [batch.select(rows, trim=False) for rows in chunks]
     inputs = [p.model_inputs(subject.device) for p in parts]
     with torch.no_grad():
-        hidden = [embed(subject, x["input_ids"]) for x in inputs]
+        hidden = [embed(subject, x["input_ids"], x["attention_mask"]) for x in inputs]
     current = 0
     first_layer = lambda cell: min(layer for layer, _ in cell) if reuse_prefix else 0  # noqa: E731
     for start, group in itertools.groupby(sorted(cells, key=first_layer), key=first_layer):
