@@ -4,7 +4,9 @@
 these translations are for users who drive the other tools directly and want the same numbers:
 
 - TransformerLens (``subject.bridge``): head-output specs edit ``blocks.{l}.attn.hook_z`` (B, N, H, D);
-  ``ZeroQuery`` zeroes the head's slice of ``hook_rot_q`` (B, N, H, D; post-RoPE, as the hook point does);
+  ``ZeroQuery`` zeroes the head's slice of ``hook_rot_q`` (B, N, H, D; post-RoPE, as the hook point does) on
+  fully rotary models, and of ``hook_q`` (before any rotation; rotation maps 0 to 0) on models with learned
+  or partial rotary positions, whose bridge does not run ``hook_rot_q``;
   key knock-out / rescaling edit ``hook_pattern`` (B, H, Nq, Nk): the chosen keys' weights are multiplied
   by 0 / the factor and each row renormalised, which equals adding -inf / log(factor) to their scores
   before the softmax; a row left with no weight becomes 0, as in the workbench hook.
@@ -79,15 +81,16 @@ def edit_head_z(spec, key, z: torch.Tensor) -> torch.Tensor:
 def tl_hooks(subject, *specs) -> list[tuple[str, callable]]:
     """TransformerLens ``fwd_hooks`` [(hook name, fn)] that apply ``specs`` to ``subject.bridge`` (same numbers as ``apply``)."""
     hooks = []
+    query_hook = "hook_rot_q" if subject.arch.positional == "rope" else "hook_q"
     for spec in specs:
         heads = expand_heads(subject, spec)
         _check_values(spec, heads)
         for layer, head in heads:
-            hooks.append(_tl_hook(spec, layer, head))
+            hooks.append(_tl_hook(spec, layer, head, query_hook))
     return hooks
 
 
-def _tl_hook(spec, layer: int, head: int):
+def _tl_hook(spec, layer: int, head: int, query_hook: str):
     key = (layer, head)
     if isinstance(spec, Z_SPECS):
         def fn(z, hook):  # (B, N, H, D)
@@ -96,11 +99,11 @@ def _tl_hook(spec, layer: int, head: int):
             return z
         return f"blocks.{layer}.attn.hook_z", fn
     if isinstance(spec, ZeroQuery):
-        def fn(q, hook):  # (B, N, H, D), RoPE applied
+        def fn(q, hook):  # (B, N, H, D)
             q = q.clone()
             q[_rows(spec, q.shape[0]), :, head] = 0
             return q
-        return f"blocks.{layer}.attn.hook_rot_q", fn
+        return f"blocks.{layer}.attn.{query_hook}", fn
     if isinstance(spec, (KnockOutKeys, ScaleKeys)):
         factor = 0.0 if isinstance(spec, KnockOutKeys) else spec.factor
 
