@@ -1,10 +1,14 @@
-"""``workbench models`` (list, with what is cached) and ``workbench fetch NAME``."""
+"""``workbench models`` (list, with what is cached; ``--check FOLDER``: is it supported) and ``workbench fetch NAME``."""
 
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the models that load with no hub, and which are cached")
+    p.add_argument("--check", metavar="FOLDER",
+                   help="say whether this local HF model folder (or registered name) is supported and which features "
+                        "work on it, each tried on a short probe (exit 1 if the architecture is not supported)")
+    p.add_argument("--device", help="device for --check (default: cuda if present, else cpu)")
     p.set_defaults(func=run_models)
     p = sub.add_parser("fetch", help="download, verify and convert a registered model into the cache")
     p.add_argument("name", help="a registered model name (see `workbench models`)")
@@ -14,6 +18,8 @@ def add_parser(sub) -> None:
 
 
 def run_models(args) -> int:
+    if getattr(args, "check", None):
+        return run_check(args)
     from ..models import DEFAULT_MODEL, describe_cache
     from ..models.cache import home
 
@@ -24,6 +30,14 @@ def run_models(args) -> int:
         print(f"  {row['name']:<14}{default:<10} {state}\n      {row['description']}")
     print("  any local HF folder or hub id (org/name) also loads")
     return 0
+
+
+def run_check(args) -> int:
+    from ..model_check import check_model
+
+    result = check_model(args.check, device=args.device)
+    print("\n".join(result.lines()))
+    return 0 if result.supported else 1
 
 
 def run_fetch(args) -> int:
