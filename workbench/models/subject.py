@@ -287,9 +287,14 @@ def from_pretrained_folder(name: str, folder: str | Path, device=None, dtype=Non
 
     attention.register()
     device = torch.device(device) if device is not None else default_device()
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception:  # noqa: BLE001 - a folder that cannot be read is reported by the load below
+        config = None
+    if config is not None:
+        check_config(config)  # an architecture without the attention interface: say so before loading weights
     hf_logging.disable_progress_bar()  # loading a cached folder takes ~0.5 s: no bar
     try:
-        check_config(AutoConfig.from_pretrained(folder))
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype or torch.float32, attn_implementation=attention.IMPLEMENTATION
         ).to(device)
