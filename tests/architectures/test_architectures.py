@@ -25,7 +25,7 @@ from workbench.detectors import DEFAULT_DETECTORS
 from workbench.errors import UnsupportedModelError
 from workbench.interventions import ScaleHead, ZeroHead, ZeroQuery, apply, nnsight_edit, tl_apply
 from workbench.kernels import AttentionStatsRequest, log_lag_edges
-from workbench.models import from_model
+from workbench.models import attention, from_model
 from workbench.models.architecture import TESTED
 from workbench.patterns import capture, capture_stats
 from workbench.sweeps.residual import embed, logits_from, residual
@@ -88,14 +88,17 @@ def test_architecture_table_finds_the_parts(arch):
                             "phi3": "partial_rope"}.get(c.name, "rope")
 
 
-def test_logits_equal_eager(arch):
+def test_logits_equal_eager(arch, monkeypatch):
     mask = torch.ones_like(arch.ids)
     mask[1, N - 3:] = 0  # right padding in the second row
     ours = arch.subject.logits({"input_ids": arch.ids, "attention_mask": mask})
     want = eager_logits(arch, attention_mask=mask)
     real = mask.bool()
     assert (ours - want)[real].abs().max() <= 1e-5
-    if arch.case.name == "gemma2":  # the attention soft-cap is applied, not skipped
+    if arch.case.name == "gemma2":  # the attention soft-cap is applied, not skipped, also in query blocks
+        monkeypatch.setattr(attention, "EXACT_BLOCK_BYTES", 1)  # one query row per block
+        blocked = arch.subject.logits({"input_ids": arch.ids, "attention_mask": mask})
+        assert (blocked - want)[real].abs().max() <= 1e-5
         uncapped = T.AutoModelForCausalLM.from_pretrained(arch.folder, attn_implementation="eager",
                                                           attn_logit_softcapping=None).eval()
         with torch.no_grad():

@@ -17,7 +17,8 @@ with :func:`hooks_active`) can, per layer and per query head:
    that layer to an exact float32 eager computation,
 3. observe exact post-softmax patterns of chosen heads (``pattern_heads`` / ``on_pattern``),
 4. observe the post-RoPE queries and keys (``on_qk``; streamed statistics from the kernels),
-5. edit or observe each head's output ``z`` before ``o_proj`` (``edit_z`` / ``on_z``).
+5. edit or observe each head's output ``z`` before the output projection (``o_proj``, ``c_proj``, ``dense``, ...;
+   ``edit_z`` / ``on_z``), so no intervention depends on the projection's name.
 
 A module may declare ``attention_activation = "sigmoid"`` (the workbench's toy models do): its attention is
 then elementwise sigmoid of the scaled scores plus the module's constant ``attention_bias`` (default 0), with no
@@ -98,7 +99,7 @@ class AttentionHook:
         """``query`` (B, H, Nq, D) and ``key`` (B, Hkv, Nk, D), RoPE applied, after query edits."""
 
     def edit_z(self, call: AttentionCall, z: torch.Tensor) -> torch.Tensor:
-        """``z``: (B, Nq, H, D) per-head attention output before ``o_proj``."""
+        """``z``: (B, Nq, H, D) per-head attention output before the output projection."""
         return z
 
     def on_z(self, call: AttentionCall, z: torch.Tensor) -> None:
