@@ -1,7 +1,7 @@
 """The one place that knows model architectures: where the layers, attention, projections and norms are.
 
 ``describe(model)`` returns an :class:`Architecture`, derived from the HF config and from module
-introspection, and checked by two tiny probe forwards through the workbench hook point:
+introspection, and checked by tiny probe forwards (4 tokens) through the workbench hook point:
 
 - the decoder layers are the ``ModuleList`` of ``num_hidden_layers`` blocks under the decoder
   (``model.layers``, ``transformer.h``, ``gpt_neox.layers``, ``model.decoder.layers``, ...);
@@ -352,7 +352,8 @@ def describe(model) -> Architecture:
     hooks += [(m, False, keep(f"projout:{name}", False)) for name, m in proj_candidates.items()]
     hooks += [(m, True, keep(f"norm:{name}", True)) for name, m in layer_norms.items()]
     hooks += [(m, False, keep(f"final:{name}", False)) for name, m in final_candidates.items()]
-    probe = _run_probe(model, _probe_ids(model, 5), hooks)
+    ids = _probe_ids(model, 4)
+    probe = _run_probe(model, ids, hooks)
 
     reached = sorted(probe.calls)
     wrong = [i for i, call in probe.calls.items() if i >= n_layers or call.module is not attn_modules[i]]
@@ -400,7 +401,7 @@ def describe(model) -> Architecture:
             break
 
     # --- probe 2: which child's output holds the queries (zeroing head 0's slice there zeroes exactly that query)
-    query_source, query_layout = _query_source(model, attn0, n_heads, d_head)
+    query_source, query_layout = _query_source(model, ids, probe.query.get(0), attn0, n_heads, d_head)
 
     windows = [probe.calls[i].window for i in range(n_layers)]
     limit = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
@@ -436,10 +437,9 @@ def query_slice(layout: str, head: int, d_head: int) -> slice:
     return slice(start, start + d_head)
 
 
-def _query_source(model, attn, n_heads: int, d_head: int) -> tuple[str | None, str | None]:
-    """The first QUERY_SOURCES child whose head-0 slice, zeroed, zeroes head 0's query and leaves the others."""
-    ids = _probe_ids(model, 3)
-    base = _run_probe(model, ids).query.get(0)
+def _query_source(model, ids, base, attn, n_heads: int, d_head: int) -> tuple[str | None, str | None]:
+    """The first QUERY_SOURCES child whose head-0 slice, zeroed, zeroes head 0's query and leaves the others
+    (``base``: layer 0's queries on ``ids`` with nothing zeroed)."""
     for name, layout in QUERY_SOURCES:
         module = getattr(attn, name, None)
         if not isinstance(module, torch.nn.Module):
