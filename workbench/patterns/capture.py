@@ -8,13 +8,13 @@ With ``reduce=`` each layer's patterns are reduced as they are computed and neve
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 
 from ..errors import CaptureMemoryError, InputError
+from ..inputs import as_heads, positive_int, whole_number
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
 from .memory import (FLOAT32, Budget, ModelDims, Prediction, exact_layer_bytes, forward_peak, largest_step,
                      pattern_bytes, steady_allocator)
@@ -23,15 +23,16 @@ HeadSel = dict[int, list[int]]
 
 
 def select_heads(subject, heads=None, layers=None) -> HeadSel:
-    """Normalise a head selection: None/"all", an iterable of (layer, head), or a {layer: [heads]} dict."""
+    """Normalise a head selection: None/"all", (layer, head) pairs or 'L18H6' strings, or a {layer: [heads]} dict."""
     if heads is None or (isinstance(heads, str) and heads == "all"):
         chosen = {layer: list(range(subject.n_heads)) for layer in (range(subject.n_layers) if layers is None else layers)}
     elif isinstance(heads, dict):
-        chosen = {int(layer): sorted({int(h) for h in hs}) for layer, hs in heads.items()}
+        chosen = {whole_number(layer, "a layer of heads"): sorted({whole_number(h, f"a head of layer {layer}") for h in hs})
+                  for layer, hs in heads.items()}
     else:
         chosen = {}
-        for layer, head in heads:
-            chosen.setdefault(int(layer), set()).add(int(head))
+        for layer, head in as_heads(heads):
+            chosen.setdefault(layer, set()).add(head)
         chosen = {layer: sorted(hs) for layer, hs in chosen.items()}
     for layer, hs in chosen.items():
         for head in hs:
@@ -182,13 +183,6 @@ def predict_capture(dims: ModelDims, selection: HeadSel, batch: int, n_tokens: i
                         layer_extra=extra, padded=padded)
 
 
-def logits_kwargs(subject, logits: bool) -> dict:
-    """``logits_to_keep=1`` when the caller does not need the logits (the model then never builds B x N x vocab)."""
-    if logits or "logits_to_keep" not in inspect.signature(subject.model.forward).parameters:
-        return {}
-    return {"logits_to_keep": 1}
-
-
 def too_big(what: str, prediction: Prediction, budget: Budget, advice: str) -> CaptureMemoryError:
     """The error for a pass whose predicted peak does not fit the budget: the numbers and what to do instead."""
     return CaptureMemoryError(f"{what} needs {prediction.describe()} at its peak, but the budget is "
@@ -208,6 +202,17 @@ ADVICE = ("Capture fewer heads (heads=[(layer, head), ...]), a few query rows (r
           "statistics that never store N x N: workbench.patterns.capture_stats(...)")
 
 
+def query_rows(rows, n_tokens: int) -> torch.Tensor:
+    """``rows`` (query positions) as a 1-D long tensor, each a whole number in 0..n_tokens-1; InputError otherwise."""
+    values = rows.reshape(-1).tolist() if hasattr(rows, "reshape") else ([rows] if isinstance(rows, int) else list(rows))
+    if not values:
+        raise InputError("rows=[] selects no query position: give at least one position, or rows=None for all")
+    values = [whole_number(r, "a query row") for r in values]
+    if min(values) < 0 or max(values) >= n_tokens:
+        raise InputError(f"rows must lie in 0..{n_tokens - 1} (the prompt has {n_tokens} tokens), got {values}")
+    return torch.tensor(values, dtype=torch.long)
+
+
 @torch.no_grad()
 def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, z: bool = False,
             logits: bool = False, rows=None, batch_size: int | None = None, extra_hooks=(),
@@ -221,15 +226,13 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
     ``reduce(layer, pattern)`` replaces each layer's patterns by its result (``Capture.reduced``); its results
     must be per row (dim 0) when the batch runs in several steps; ``reduce_copies``: its pattern-sized temporaries.
     """
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "batch_size (sequences per forward pass)")
     batch = subject.as_batch(inputs)
     ids = batch["input_ids"]
     n_batch, n_tokens = ids.shape
     selection = select_heads(subject, heads, layers)
-    rows_t = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
-    if rows_t is not None and (rows_t.min() < 0 or rows_t.max() >= n_tokens):
-        raise InputError(f"rows must lie in 0..{n_tokens - 1}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    rows_t = None if rows is None else query_rows(rows, n_tokens)
     steady_allocator()
     dims, budget = ModelDims.of(subject), budget or Budget.now(subject.device)
 
@@ -259,7 +262,7 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
             for rows_of in kept:
                 rows_of.start = start
             part = {k: v[start:start + step] for k, v in batch.items()}
-            out = subject.model(**part, use_cache=False, **logits_kwargs(subject, logits))
+            out = subject.model(**part, use_cache=False, **subject.logits_kwargs(logits))
             if logits:
                 logit_rows.put(0, out.logits.float().cpu())
             del out

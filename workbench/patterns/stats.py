@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, active_hooks, hooks_active
-from .capture import ZRecorder, logits_kwargs, memory_plan, too_big
+from .capture import ZRecorder, memory_plan, too_big
 from .memory import FLOAT32, Budget, ModelDims, Prediction, forward_peak, largest_step, steady_allocator
 
 
@@ -149,7 +149,7 @@ def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto
             if zrec:
                 zrec.kept.start = start
             out = subject.model(**{k: v[rows] for k, v in batch.items()}, use_cache=False,
-                                **logits_kwargs(subject, logits))
+                                **subject.logits_kwargs(logits))
             if logits:
                 out_logits.append(out.logits.float().cpu())
             del out
