@@ -174,9 +174,14 @@ def child(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("MEMCHECK_THREADS", "1")))
-    subject = _subject(spec["model"], spec.get("device", "cpu"))
-    device = subject.device
+    subject = None
     for case in spec["cases"]:
+        if subject is None or subject.name != case["model"]:
+            subject = None
+            gc.collect()
+            subject = _subject(case["model"], spec.get("device", "cpu"))
+            subject.name = case["model"]
+        device = subject.device
         _run(subject, case, small=True)  # warm-up: lazy initialisation, kernels, tokenizer tables
         base = _reset(device)
         result, pred = _run(subject, case, small=False)
@@ -188,17 +193,17 @@ def child(spec: dict) -> None:
                           **({"plans": pred["plans"]} if "plans" in pred else {})}), flush=True)
 
 
-def measure(cases: list[dict], device: str = "cpu", limit_gib: float = 8.0, timeout: int = 1800):
+def measure(cases: list[dict], device: str = "cpu", limit_gib: float = 7.0, timeout: int = 3600):
     """Yield one result per case of ``cases`` (grouped by model, one child process per model, niced, under an
     address-space limit); a child that fails raises RuntimeError after the results it gave."""
     by_model: dict[str, list[dict]] = {}
-    for c in cases:
-        by_model.setdefault(c["model"], []).append(c)
+    for c in cases:  # the tiny architectures share one child (one import of torch and transformers)
+        by_model.setdefault("tiny" if c["model"] in TINY else c["model"], []).append(c)
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "WORKBENCH_PROGRESS": "0"}
     limit = int(limit_gib * 2**30)
     for model, group in by_model.items():
-        spec = json.dumps({"model": model, "cases": group, "device": device})
+        spec = json.dumps({"cases": group, "device": device})
         cmd = ["nice", "-n", "5", "prlimit", f"--as={limit}", sys.executable, __file__, "--child", spec]
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
             for line in proc.stdout:
@@ -225,7 +230,7 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--set", default="default", choices=("default", "gemma-scan"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--limit-gib", type=float, default=8.0, help="address-space limit of each child")
+    parser.add_argument("--limit-gib", type=float, default=7.0, help="address-space limit of each child")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))

@@ -23,22 +23,8 @@ SPEC = importlib.util.spec_from_file_location("capture_memory", ROOT / "benchmar
 bench = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench)
 
-TINY_CASES = [
-    {"model": "tiny-llama-h8", "path": "capture", "batch": 4, "n": 512},
-    {"model": "tiny-llama-h8", "path": "sinks", "batch": 8, "n": 1024},
-    {"model": "tiny-gemma3-w64", "path": "capture", "batch": 8, "n": 700},
-    {"model": "tiny-gemma3-w64", "path": "capture_rows_z", "batch": 6, "n": 900, "rows": 8, "batch_size": 2},
-]
-MODEL_CASES = [
-    {"model": "smollm2-135m", "path": "capture", "batch": 2, "n": 400},
-    {"model": "smollm2-135m", "path": "scan_exact", "batch": 10, "seq_len": 300},
-    {"model": "smollm2-135m", "path": "scan_streamed", "batch": 10, "seq_len": 600},
-    {"model": "smollm2-135m", "path": "lists", "batch": 20, "items": 200, "method": "exact"},
-    {"model": "gemma3-270m", "path": "capture", "batch": 2, "n": 700},
-    {"model": "gemma3-270m", "path": "scan_exact", "batch": 10, "seq_len": 400},
-    {"model": "gemma3-270m", "path": "sinks", "batch": 4, "n": 1024},
-    {"model": "gemma3-270m", "path": "niah", "batch": 2, "n": 2048, "new": 8},
-]
+TINY_CASES = [c for c in bench.DEFAULT_CASES if c["model"] in bench.TINY]  # one child process, ~15 s on 2 cores
+MODEL_CASES = [c for c in bench.DEFAULT_CASES if c["model"] not in bench.TINY]
 
 
 def check(rows: list[dict], cases: list[dict]) -> None:
@@ -94,3 +80,38 @@ def test_predictions_grow_with_the_batch_step_and_largest_step_finds_the_edge():
 
     assert largest_step(predict, 16, budget) == 7
     assert largest_step(predict, 16, Budget(host_free=1, device_free=None)) == 0
+
+
+def test_scan_auto_streams_in_batch_steps_when_exact_does_not_fit(monkeypatch):
+    """Under a budget below the exact prediction, `auto` streams (in the batch step that fits) and says why; the
+    scores equal the exact ones; `exact` refuses with the numbers instead of running past the budget."""
+    import numpy as np
+
+    from workbench.detectors import REGISTRY, ScanContext
+    from workbench.errors import CaptureMemoryError
+    from workbench.kernels import AttentionStatsRequest
+    from workbench.patterns import predict_stats
+    from tests.conftest import tiny_llama
+
+    subject = tiny_llama(seed=1, vocab=300)  # room for 250 distinct random tokens
+    settings = {"batch": 6, "seq_len": 250, "n_repeats": 2}  # 6 x 501 tokens
+    ctx = ScanContext(seed=0, settings={**settings, "capture": "exact"})
+    exact = REGISTRY["induction"].compute(subject, ctx)["induction"]
+    plan = ctx.stimuli["repeated_random_tokens"]["memory"]
+    stim = ctx.get("repeat", None).stim
+    b, n = stim.input_ids.shape
+    edges = torch.tensor([0, 1, 2, 250, 251])  # the lags the detector bins
+    request = AttentionStatsRequest(lag_bins=edges, targets=stim.induction_target, target_lags=(0,))
+    streamed = [predict_stats(ModelDims.of(subject), request, b, n, step=s).host for s in range(1, b + 1)]
+    limit = (streamed[1] + min(streamed[2], plan["predicted_host_bytes"])) // 2  # allows 2 streamed rows, not exact
+    assert streamed[1] <= limit < min(streamed[2], plan["predicted_host_bytes"])
+    monkeypatch.setattr(Budget, "now", classmethod(lambda cls, device, fraction=0.5: cls(2 * limit, None)))
+    auto = ScanContext(seed=0, settings={**settings, "capture": "auto"})
+    scores = REGISTRY["induction"].compute(subject, auto)["induction"]
+    chosen = auto.stimuli["repeated_random_tokens"]
+    assert chosen["capture"] == "streamed" and chosen["memory"]["batch_size"] == 2
+    assert chosen["memory"]["reason"].startswith("streamed in steps of 2 of 6 rows (exact would need")
+    assert chosen["memory"]["predicted_host_bytes"] == streamed[1]
+    assert np.allclose(scores, exact, atol=1e-5)
+    with pytest.raises(CaptureMemoryError, match="Use --capture streamed"):
+        REGISTRY["induction"].compute(subject, ScanContext(seed=0, settings={**settings, "capture": "exact"}))
