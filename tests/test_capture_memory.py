@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from workbench.models.attention import PATTERN_CHUNK_BYTES
+from workbench.errors import CaptureMemoryError
 from workbench.patterns import Budget, ModelDims, Prediction, predict_capture
 from workbench.patterns.memory import exact_layer_bytes, largest_step
 from tests.conftest import tiny_gemma3
@@ -88,7 +89,6 @@ def test_scan_auto_streams_in_batch_steps_when_exact_does_not_fit(monkeypatch):
     import numpy as np
 
     from workbench.detectors import REGISTRY, ScanContext
-    from workbench.errors import CaptureMemoryError
     from workbench.kernels import AttentionStatsRequest
     from workbench.patterns import predict_stats
     from tests.conftest import tiny_llama
@@ -115,3 +115,27 @@ def test_scan_auto_streams_in_batch_steps_when_exact_does_not_fit(monkeypatch):
     assert np.allclose(scores, exact, atol=1e-5)
     with pytest.raises(CaptureMemoryError, match="Use --capture streamed"):
         REGISTRY["induction"].compute(subject, ScanContext(seed=0, settings={**settings, "capture": "exact"}))
+
+
+def test_niah_batches_take_the_step_that_fits_each_length(monkeypatch):
+    """plan_memory picks per prompt length the largest step up to batch_size that fits; plan_batches follows it."""
+    from types import SimpleNamespace
+
+    from workbench.retrieval.decode import predict_decoding
+    from workbench.retrieval.niah import plan_batches, plan_memory
+
+    subject = tiny_gemma3()
+    dims = ModelDims.of(subject)
+    tests = [SimpleNamespace(input_ids=torch.zeros(n)) for n in [300] * 5 + [100] * 5]
+    long = [predict_decoding(dims, s, 300, 8).host for s in (1, 2, 3)]
+    limit = (long[1] + long[2]) // 2  # two 300-token prompts fit, three do not
+    assert predict_decoding(dims, 4, 100, 8).host <= limit  # four 100-token prompts fit
+    monkeypatch.setattr(Budget, "now", classmethod(lambda cls, device, fraction=0.5: cls(2 * limit, None)))
+    memory = plan_memory(subject, tests, 4, 8)
+    assert {n: m["batch_size"] for n, m in memory.items()} == {"100": 4, "300": 2}
+    assert memory["300"]["predicted_host_bytes"] == long[1]
+    assert plan_batches(tests, 4, memory) == [[5, 6, 7, 8], [9], [0, 1], [2, 3], [4]]
+    assert plan_batches(tests, 4) == [[5, 6, 7, 8], [9], [0, 1, 2, 3], [4]]
+    monkeypatch.setattr(Budget, "now", classmethod(lambda cls, device, fraction=0.5: cls(1, None)))
+    with pytest.raises(CaptureMemoryError, match="answering 100-token NIAH prompts needs"):
+        plan_memory(subject, tests, 4, 8)
