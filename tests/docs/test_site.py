@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+pytest.importorskip("mkdocs", reason="needs the docs extra: pip install -e '.[docs]'")
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
-import mkdocs_api  # noqa: E402
-
-pytest.importorskip("mkdocs", reason="needs the docs extra: pip install -e '.[docs]'")
+import mkdocs_api  # noqa: E402  (the hook that generates the API reference pages)
 
 # an element that makes the browser fetch something: scripts, stylesheets/fonts/preloads, images, frames
 FETCHES = re.compile(r"<(script|link|img|iframe|source)\b[^>]*\b(src|href)=[\"'](https?:)?//", re.I)
@@ -27,7 +27,7 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     run = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
                           "-d", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+                         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert run.returncode == 0, f"mkdocs build --strict failed:\n{run.stdout}\n{run.stderr}"
     return out
 
