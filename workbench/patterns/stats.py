@@ -74,14 +74,15 @@ def stats_bytes(request, n_heads: int, batch: int, n_queries: int, n_keys: int) 
 
 
 def reference_temp_bytes(request, n_heads: int, batch: int, n_queries: int, n_keys: int) -> int:
-    """Transient bytes of the kernels' chunked PyTorch reference: three float32 copies of one query chunk of scores
-    (masked scores, and s - lse with its exp, or a statistic's product with the probabilities; a sort's values and
-    int64 indices for top-k), and the chunks' outputs while they are concatenated."""
+    """Transient bytes of the kernels' chunked PyTorch reference: four float32 copies of one query chunk of scores
+    (masked scores, s - lse, its exp, a statistic's product with the probabilities; with the int64 lags and boolean
+    masks of the chunk they measured 3.4 copies on smollm2-135m; a sort's values and int64 indices for top-k), and
+    the chunks' outputs while they are concatenated."""
     from ..kernels.reference import CHUNK_ELEMENTS
 
     row = batch * n_heads * n_keys
     chunk = min(n_queries, max(1, CHUNK_ELEMENTS // max(1, row))) * row
-    copies = 3 + (3 if request.topk is not None else 0)
+    copies = 4 + (3 if request.topk is not None else 0)
     return copies * chunk * FLOAT32 + stats_bytes(request, n_heads, batch, n_queries, n_keys)
 
 
