@@ -5,7 +5,8 @@ clean residual stream entering layer ``l`` once and runs only layers ``l..`` per
 own forward does the work: for the duration of one call, the decoder layers before ``start`` are
 replaced by pass-through stand-ins and the cached stream is fed as ``inputs_embeds`` (so masks,
 positions and per-layer types come from the model as usual); to stop early, layer ``stop`` is replaced
-by a stand-in that hands its input back. Tested equal to a full forward on Llama and Gemma-3.
+by a stand-in that hands its input back (to stop after the last layer, before the final norm, the last
+layer runs inside a stand-in that hands its output back). Tested equal to a full forward on Llama and Gemma-3.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ class _StopHere(_PassThrough):
         raise _Stopped(hidden_states)
 
 
+class _RunThenStop(_PassThrough):
+    """Stands in for the last decoder layer: runs it, then ends the forward, handing back the stream after it."""
+
+    def __init__(self, layer):
+        super().__init__(layer)
+        self.layer = layer
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.layer(hidden_states, *args, **kwargs)
+        raise _Stopped(out[0] if isinstance(out, tuple) else out)
+
+
 @contextlib.contextmanager
 def _layers_replaced(subject, start: int, stop: int | None = None):
     layers = subject.model.get_decoder().layers
@@ -50,6 +63,10 @@ def _layers_replaced(subject, start: int, stop: int | None = None):
         if stop is not None and stop < len(layers):
             saved[stop] = layers[stop]
             layers[stop] = _StopHere(saved[stop])
+        elif stop is not None and start < len(layers):
+            last = len(layers) - 1
+            saved[last] = layers[last]
+            layers[last] = _RunThenStop(saved[last])
         yield
     finally:
         for i, module in saved.items():
@@ -64,6 +81,11 @@ def embed(subject, input_ids: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def residual(subject, hidden: torch.Tensor, attention_mask, start: int, stop: int) -> torch.Tensor:
     """The residual stream entering layer ``stop``, given the stream ``hidden`` entering layer ``start``."""
+    return run_layers(subject, hidden, attention_mask, start, stop)
+
+
+def run_layers(subject, hidden: torch.Tensor, attention_mask, start: int, stop: int) -> torch.Tensor:
+    """``residual`` with autograd: the stream entering layer ``stop`` as a function of ``hidden`` (GradDrop cuts the graph between layers)."""
     if stop <= start:
         return hidden
     with _layers_replaced(subject, start, stop):
@@ -71,7 +93,7 @@ def residual(subject, hidden: torch.Tensor, attention_mask, start: int, stop: in
             subject.model(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
         except _Stopped as done:
             return done.hidden
-    raise RuntimeError(f"layer {stop} was never reached")  # stop >= n_layers
+    raise RuntimeError(f"layer {stop} was never reached")
 
 
 def logits_from(subject, hidden: torch.Tensor, attention_mask, start: int, keep: torch.Tensor | None = None) -> torch.Tensor:
