@@ -300,3 +300,20 @@ def test_folders_without_the_method_columns_read_as_exact(tmp_path):
         pq.write_table(table.drop_columns(["method", "estimate", "verify"]), path, write_page_checksum=True)
     df = load_sweep(out)
     assert len(df) == 3 and (df["method"] == "exact").all() and df["estimate"].isna().all() and (df["verify"] == "").all()
+
+
+def test_sweep_viewer_shows_estimates_and_estimate_vs_exact(verified):
+    from workbench.widgets import SweepViewer
+
+    subject, task, out, df = verified
+    v = SweepViewer(out, background=False)
+    assert list(v.method.options) == ["exact", "atp*"] and v.method.value == "exact"
+    assert np.isfinite(v.matrix()).sum() == 6  # the verified cells
+    assert "estimate" in v.top.value and "calibration" in v.top.value
+    assert len(v.screen.children) == 2 and "Spearman" in v.screen.children[0].value
+    v.method.value = "atp*"
+    est = df[(df["method"] == "atp*") & (df["metric"] == v.metric.value)]
+    want = np.full((subject.n_layers, subject.n_heads), np.nan)
+    want[est["layer"], est["head"]] = est["effect"]
+    np.testing.assert_allclose(v.matrix(), want)
+    v.close()
