@@ -78,7 +78,11 @@ def main() -> None:
     parser.add_argument("--naive-cells", type=int, default=30, help="heads timed with the naive loop (0 = all)")
     parser.add_argument("--verify", type=int, default=10)
     parser.add_argument("--out", default="runs/bench-screening")
+    parser.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier (possibly cut-short) run")
     args = parser.parse_args()
+    if args.report:
+        report(json.loads(Path(args.report).read_text()))
+        return
 
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -103,6 +107,39 @@ def main() -> None:
     induction = scan(subject, ("induction",), seed=args.seed + 1).matrix("induction")
     res["induction_scan_s"] = time.perf_counter() - t0
     log(f"induction scores: top {', '.join(name_of(i, H) + f' {induction.ravel()[i]:.2f}' for i in np.argsort(-induction.ravel())[:10])}")
+
+    def naive_and_verify():
+        # the naive loop (zero ablation), timed on evenly spread heads and extrapolated
+        cells = single_heads(subject)
+        n = len(cells) if args.naive_cells <= 0 else min(args.naive_cells, len(cells))
+        timed = [cells[i] for i in np.linspace(0, len(cells) - 1, n).round().astype(int)]
+        zero = np.load(out / "exact-zero.npy") if (out / "exact-zero.npy").is_file() else None
+        base = float(metric_values(subject, task.batch, [loss], batch_size=len(task.batch))["loss"].mean())
+        worst, load0 = 0.0, os.getloadavg()[0]
+        sync()
+        t0 = time.perf_counter()
+        for cell in timed:
+            with apply(subject, ZeroHead(cell)):
+                v = float(metric_values(subject, task.batch, [loss], batch_size=len(task.batch))["loss"].mean())
+            if zero is not None:
+                worst = max(worst, abs(v - base - zero[cell[0]]))
+        sync()
+        per_cell = (time.perf_counter() - t0) / n
+        floor_share = float(np.mean([(L - cell[0][0]) / L for cell in cells]))
+        res["naive"] = {"cells": len(cells), "cells_timed": n, "per_cell_s": per_cell, "total_s": per_cell * len(cells), "load": load0,
+                        "max_abs_diff_vs_sweep": worst, "floor_share": floor_share, "floor_s": per_cell * len(cells) * floor_share}
+        log(f"naive: {per_cell:.2f} s per cell, {per_cell * len(cells):.0f} s extrapolated; floor {res['naive']['floor_s']:.0f} s")
+        save()
+
+        if args.verify and "zero" in res["ablations"]:
+            sync()
+            t0 = time.perf_counter()
+            df = run_sweep(subject, task, out / "verified-zero", intervention="zero", metrics=["loss"], screen="attribution",
+                           verify=args.verify, seed=args.seed)
+            sync()
+            res["verify"] = {"k": args.verify, "seconds": time.perf_counter() - t0, **screen_summary(screen_table(df))}
+            log(f"verify: {res['verify']}")
+            save()
 
     for name in args.ablations.split(","):
         def make():
@@ -138,37 +175,9 @@ def main() -> None:
         entry["load_after"] = os.getloadavg()[0]
         res["ablations"][name] = entry
         save()
+        if name == "zero":  # the naive loop and the verified sweep right after zero ablation, so a cut-short run has them
+            naive_and_verify()
 
-    # the naive loop (zero ablation), timed on evenly spread heads and extrapolated
-    cells = single_heads(subject)
-    n = len(cells) if args.naive_cells <= 0 else min(args.naive_cells, len(cells))
-    timed = [cells[i] for i in np.linspace(0, len(cells) - 1, n).round().astype(int)]
-    zero = np.load(out / "exact-zero.npy") if (out / "exact-zero.npy").is_file() else None
-    base = float(metric_values(subject, task.batch, [loss], batch_size=len(task.batch))["loss"].mean())
-    worst, load0 = 0.0, os.getloadavg()[0]
-    sync()
-    t0 = time.perf_counter()
-    for cell in timed:
-        with apply(subject, ZeroHead(cell)):
-            v = float(metric_values(subject, task.batch, [loss], batch_size=len(task.batch))["loss"].mean())
-        if zero is not None:
-            worst = max(worst, abs(v - base - zero[cell[0]]))
-    sync()
-    per_cell = (time.perf_counter() - t0) / n
-    floor_share = float(np.mean([(L - cell[0][0]) / L for cell in cells]))
-    res["naive"] = {"cells": len(cells), "cells_timed": n, "per_cell_s": per_cell, "total_s": per_cell * len(cells), "load": load0,
-                    "max_abs_diff_vs_sweep": worst, "floor_share": floor_share, "floor_s": per_cell * len(cells) * floor_share}
-    log(f"naive: {per_cell:.2f} s per cell, {per_cell * len(cells):.0f} s extrapolated; floor {res['naive']['floor_s']:.0f} s")
-    save()
-
-    if args.verify and "zero" in res["ablations"]:
-        sync()
-        t0 = time.perf_counter()
-        df = run_sweep(subject, task, out / "verified-zero", intervention="zero", metrics=["loss"], screen="attribution",
-                       verify=args.verify, seed=args.seed)
-        sync()
-        res["verify"] = {"k": args.verify, "seconds": time.perf_counter() - t0, **screen_summary(screen_table(df))}
-        log(f"verify: {res['verify']}")
     res["finished"] = time.strftime("%Y-%m-%d %H:%M")
     res["load_end"] = os.getloadavg()[0]
     save()
@@ -178,7 +187,7 @@ def main() -> None:
 def report(res: dict) -> None:
     """The results as markdown tables."""
     print(f"\n{res['model']}, induction task, {res['prompts']} prompts x {res['tokens']} tokens, {res['device']}, "
-          f"load average {res['load_start']:.1f} at start, {res['load_end']:.1f} at end")
+          f"load average {res['load_start']:.1f} at start, {res.get('load_end', float('nan')):.1f} at end")
     naive = res.get("naive", {})
     print("\n| ablation | exact sweep | screen | method | speedup | Spearman | Spearman abs | top-10 recall (in top 30) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

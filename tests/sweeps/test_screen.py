@@ -113,7 +113,7 @@ def test_qk_fix_equals_exact_query_ablation_on_a_saturated_head():
 
 def _dropped_reference(subject, batch, abl, metric, d):
     """I_d by hand: a module hook that cuts the gradient through decoder layer d's output, then one backward."""
-    layer_d = subject.model.get_decoder().layers[d]
+    layer_d = subject.layers[d]
 
     def cut(module, args, kwargs, out):
         hidden = args[0] if args else kwargs["hidden_states"]
