@@ -77,9 +77,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats on the CPU (median; GPU: do_bench)")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads first (CPU; default: torch's choice)")
     ap.add_argument("--e2e-requests", nargs="*", default=["scan", "stats"], choices=["scan", "stats"])
-    ap.add_argument("--before", action="store_true",
-                    help="--e2e on the CPU: also time the path that ran before the fast CPU path (the reference "
-                         "backend), once per request, in the same process")
+    ap.add_argument("--before", type=int, default=0, metavar="N",
+                    help="--e2e on the CPU up to N tokens: also time the path that ran before the fast CPU path (the "
+                         "reference backend), once per request, in the same process")
     return ap.parse_args(argv)
 
 
@@ -333,10 +333,10 @@ def e2e_inputs(subject, n: int, request: str, seed: int):
     return ids, AttentionStatsRequest(entropy=True, first_k=4, lag_bins=log_lag_edges(n), reduce="mean")
 
 
-def end_to_end(bench: Bench, spec: str, requests=("scan", "stats"), before: bool = False) -> list[dict]:
+def end_to_end(bench: Bench, spec: str, requests=("scan", "stats"), before: int = 0) -> list[dict]:
     """capture_stats over all layers in one forward (the backend that "auto" picks) vs a plain forward of the same
-    tokens, for each request; CPU: interleaved, median of --repeats; before: also the reference backend (what
-    "auto" ran on the CPU before the fast path), timed once after the others."""
+    tokens, for each request; CPU: interleaved, median of --repeats; up to `before` tokens also the reference
+    backend (what "auto" ran on the CPU before the fast path), timed once after the others."""
     from workbench.patterns import capture_stats
     from workbench.patterns.capture import predict_capture_bytes, select_heads
 
@@ -364,7 +364,7 @@ def end_to_end(bench: Bench, spec: str, requests=("scan", "stats"), before: bool
             res = bench.interleaved({"plain": plain, "stats": streamed})
             (ms_plain, peak_plain), (ms_stats, peak_stats) = res["plain"], res["stats"]
         ms_before = peak_before = None
-        if before and not bench.cuda:
+        if ids.shape[1] <= before and not bench.cuda:
             base = reset_peak_rss()
             t0 = time.perf_counter()
             capture_stats(subject, ids, req, backend="reference")
