@@ -63,8 +63,10 @@ MODELS = {  # shapes of the registered models, for --e2e without the converted w
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="*", help="N to time (default 4096 ... 131072; --smoke: 48)")
-    ap.add_argument("--check-sizes", type=int, nargs="*", help="N to check (default 257 2048; --smoke: 37)")
+    ap.add_argument("--sizes", type=int, nargs="*",
+                    help="N to time (default 4096 ... 131072; CPU: 2048 4096 8192; --smoke: 48; no value: none)")
+    ap.add_argument("--check-sizes", type=int, nargs="*",
+                    help="N to check (default 257 2048; --smoke: 37; no value: none)")
     ap.add_argument("--shapes", nargs="*", default=["smollm2"], choices=sorted(SHAPES))
     ap.add_argument("--variants", type=int, nargs="*", default=[], help="also time launch variants at these N")
     ap.add_argument("--e2e", nargs="*", default=[], metavar="MODEL:N", help="capture_stats over a whole model")
@@ -485,11 +487,13 @@ def main(argv=None):
         raise SystemExit("set TRITON_INTERPRET=1 before the kernels are imported to run --smoke on the CPU")
     bench = Bench(device, args.seed, args.smoke, args.repeats)
     if args.smoke:
-        sizes, check_sizes = args.sizes or [48], args.check_sizes or [37]
+        sizes, check_sizes = [48], [37]
     elif bench.cuda:
-        sizes, check_sizes = args.sizes or [4096, 8192, 16384, 32768, 65536, 131072], args.check_sizes or [257, 2048]
+        sizes, check_sizes = [4096, 8192, 16384, 32768, 65536, 131072], [257, 2048]
     else:
-        sizes, check_sizes = args.sizes or [2048, 4096, 8192], args.check_sizes or [257, 2048]
+        sizes, check_sizes = [2048, 4096, 8192], [257, 2048]
+    sizes = sizes if args.sizes is None else args.sizes  # given without values: none (e.g. only --e2e)
+    check_sizes = check_sizes if args.check_sizes is None else args.check_sizes
     name = machine() if not (device == "cpu" and args.smoke) else "CPU (Triton interpreter)"
     what = {"cpu": "fast CPU path (float32)", "triton": "Triton kernel (bf16)"}[bench.backend]
     print(f"device {name}; torch {torch.__version__}; triton {triton.__version__}; {what}; seed {args.seed}",
