@@ -93,7 +93,7 @@ def part_pytest(args, emit):
     base = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/kernels"]
     if args.smoke:
         base += ["-k", "gpu_auto_backend"]
-    listed = subprocess.run(base + ["--collect-only", "-q"], cwd=ROOT, capture_output=True, text=True,
+    listed = subprocess.run(base + ["--collect-only"], cwd=ROOT, capture_output=True, text=True,
                             timeout=args.part_budget - 5)
     ids = [line for line in listed.stdout.splitlines() if "::" in line]
     shards = [ids[i::PYTEST_PROCESSES] for i in range(min(PYTEST_PROCESSES, len(ids)))] or [[]]
