@@ -287,8 +287,8 @@ def default_config(dtype: torch.dtype, head_dim: int, precision: str = "tf32", *
     if interpreting():
         return dict(block_r=32, block_n=16, num_warps=4, num_stages=1)
     heavy = 2 * _pow2(topk) * (topk > 1) + _pow2(n_edges) * (n_edges > 0) + _pow2(n_spans) * (n_spans > 0) > 32
-    if dtype == torch.float32 and precision == "ieee":
-        return dict(block_r=32, block_n=32, num_warps=4, num_stages=1)
+    if dtype == torch.float32 and precision == "ieee":  # D=256 with heavy state spilled 3,264 B at 4 warps
+        return dict(block_r=32, block_n=32, num_warps=8 if heavy and head_dim > 128 else 4, num_stages=1)
     wide = dtype == torch.float32  # tf32 operands take twice the registers and shared memory of bf16
     if head_dim > 128:  # Gemma 3 (256)
         return dict(block_r=32 if wide and heavy else 64, block_n=64, num_warps=8, num_stages=2)
