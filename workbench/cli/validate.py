@@ -70,6 +70,14 @@ def head_group(text: str) -> str:
     return text
 
 
+def atp_fixes(text: str) -> str:
+    """--atp-fixes: qk, graddrop, qk,graddrop or none (the AtP* fixes of an attribution screen)."""
+    from ..sweeps.screen import check_fixes
+
+    _checked(check_fixes, text)
+    return text
+
+
 def count(minimum: int = 1):
     """An argparse type: a whole number >= ``minimum``."""
     def parse(text: str) -> int:
