@@ -1,8 +1,8 @@
-"""``workbench sweep``: ablate every head (or groups / pairs) on a task, one Parquet part per finished cell."""
+"""``workbench sweep``: ablate every head (or groups / pairs) on a task, finished cells written in chunks (here or on Ray)."""
 
 from __future__ import annotations
 
-from . import validate
+from . import executor_opts, validate
 
 
 def add_parser(sub) -> None:
@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="stimulus and resample seed (default 0)")
     p.add_argument("--max-rows", type=validate.count(1), default=None, help="rows per forward pass (default: from free memory)")
     p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
+    executor_opts.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -41,6 +42,7 @@ def run(args) -> int:
     from ..tasks import build_task
 
     started = time.time()
+    executor = executor_opts.executor(args)
     subject = load(args.model, device=args.device)
     options = {"filter": not args.no_filter}
     if args.task == "induction":
@@ -60,7 +62,7 @@ def run(args) -> int:
         cells = given or single_heads(subject)
     metrics = args.metric.split(",") if args.metric else None
     df = run_sweep(subject, task, args.out, intervention=args.intervention, metrics=metrics, cells=cells,
-                   resume=args.resume, seed=args.seed, max_rows=args.max_rows)
+                   resume=args.resume, seed=args.seed, max_rows=args.max_rows, executor=executor)
     html = sweep_report(args.out)
     print(f"swept {len(cells)} cells in {time.time() - started:.1f} s")
     print(top_cells(df, 10).to_string(index=False))
