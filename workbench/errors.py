@@ -45,3 +45,8 @@ class CaptureMemoryError(WorkbenchError, MemoryError):
 class DamagedModelError(ModelUnavailableError):
     """A model's files are damaged (wrong size or hash, missing, unreadable, non-finite logits); the message says
     how to replace them (`workbench fetch NAME --force` for the cache)."""
+
+
+class UnsupportedModelError(WorkbenchError):
+    """A model the workbench cannot hook: its attention does not go through transformers' AttentionInterface,
+    or a part an analysis needs (e.g. the output projection for direct logits) could not be identified."""

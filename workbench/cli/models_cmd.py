@@ -1,4 +1,4 @@
-"""``workbench models`` (list, with what is cached) and ``workbench fetch NAME``."""
+"""``workbench models`` (list, with what is cached; ``--check FOLDER``: is it supported) and ``workbench fetch NAME``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("models", help="list the models that load with no hub, and which are cached")
     p.add_argument("--verify", action="store_true",
                    help="also check the SHA-256 of every cached file against the records made at conversion")
+    p.add_argument("--check", metavar="FOLDER",
+                   help="say whether this local HF model folder (or registered name) is supported and which features "
+                        "work on it, each tried on a short probe (exit 1 if the architecture is not supported)")
+    p.add_argument("--device", type=validate.device, help="device for --check (default: cuda if present, else cpu)")
     p.set_defaults(func=run_models)
     p = sub.add_parser("fetch", help="download, verify and convert a registered model into the cache")
     p.add_argument("name", help="a registered model name (see `workbench models`)")
@@ -31,6 +35,8 @@ def _state(row: dict) -> str:
 
 
 def run_models(args) -> int:
+    if getattr(args, "check", None):
+        return run_check(args)
     from ..errors import DamagedModelError
     from ..models import DEFAULT_MODEL, describe_cache, load
     from ..models.cache import home
@@ -58,6 +64,14 @@ def run_models(args) -> int:
         raise DamagedModelError(f"damaged cache: {', '.join(damaged)}; run "
                                 + " and ".join(f"`workbench fetch {name} --force`" for name in damaged))
     return 0
+
+
+def run_check(args) -> int:
+    from ..model_check import check_model
+
+    result = check_model(args.check, device=args.device)
+    print("\n".join(result.lines()))
+    return 0 if result.supported else 1
 
 
 def run_fetch(args) -> int:

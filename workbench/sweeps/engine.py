@@ -52,7 +52,7 @@ def rows_budget(subject, batch: TaskBatch, n_keep: int, max_rows: int | None = N
     if max_rows is not None:
         return max(1, int(max_rows))
     cfg = subject.model.config
-    d_ff = getattr(cfg, "intermediate_size", 4 * subject.d_model)
+    d_ff = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * subject.d_model
     n = batch.n_tokens
     per_row = FLOAT32 * (n * (24 * subject.d_model + 6 * d_ff + 2 * subject.n_heads * n) + 3 * n_keep * subject.vocab_size)
     free = available_bytes(subject.device)
@@ -73,7 +73,8 @@ def baseline_values(subject, batch: TaskBatch, metrics: Sequence[Metric], chunk:
     for rows in _chunks(len(batch), chunk):
         part = batch.select(rows, trim=False)
         inputs = part.model_inputs(subject.device)
-        logits = logits_from(subject, embed(subject, inputs["input_ids"]), inputs["attention_mask"], 0, keep)
+        mask = inputs["attention_mask"]
+        logits = logits_from(subject, embed(subject, inputs["input_ids"], mask), mask, 0, keep)
         target = gather_targets(logits, part, keep)
         for m in metrics:
             out[m.name].append(m(target, part).detach().double().cpu())
@@ -139,7 +140,7 @@ class CellEvaluator:
         ordered = sorted(cells, key=self._start)
         if self._hidden is None or self._start(ordered[0]) < self._current:
             with torch.no_grad():
-                self._hidden = [embed(subject, x["input_ids"]) for x in self._inputs]
+                self._hidden = [embed(subject, x["input_ids"], x["attention_mask"]) for x in self._inputs]
             self._current = 0
         for start, group in itertools.groupby(ordered, key=self._start):
             group = list(group)
