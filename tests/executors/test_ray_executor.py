@@ -29,6 +29,7 @@ psutil = pytest.importorskip("psutil")
 import workbench as wb  # noqa: E402
 from workbench.cli import main  # noqa: E402
 from workbench.executors import RayExecutor  # noqa: E402
+from workbench.executors.ray_executor import LOCAL_SYSTEM_CONFIG  # noqa: E402
 from workbench.retrieval.niah_folder import run_niah_grid  # noqa: E402
 from workbench.stimuli.niah import niah_grid  # noqa: E402
 from workbench.sweeps import Zero, head_pairs, load_sweep, run_sweep  # noqa: E402
@@ -59,7 +60,8 @@ def cluster():
     if ray.is_initialized():
         pytest.skip("Ray is already initialised in this process")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             dashboard_host="127.0.0.1", object_store_memory=200 << 20, logging_level=logging.CRITICAL)
+             dashboard_host="127.0.0.1", object_store_memory=200 << 20, logging_level=logging.CRITICAL,
+             _system_config=LOCAL_SYSTEM_CONFIG)
     try:
         address = ray.get_runtime_context().gcs_address
         assert address.startswith("127.0.0.1:")

@@ -32,6 +32,10 @@ from .base import Executor, Make, ModelSpec, Progress, WorkerSpec
 INSTALL = "pip install 'workbench[ray]'"
 THREADS = 4  # torch threads per CPU worker when --workers is not given
 CONNECT_TIMEOUT = 10.0  # seconds to reach HOST:PORT before ray.init is tried
+START_TIMEOUT = 600.0  # seconds for the workers' processes to start (import torch, load the model) on a busy node
+# a private instance: Ray's default of 60 s for a worker process to register is too short on a loaded machine
+# (importing ray alone took 18 s at load 18 on 2 cores); the raylet then gives up on it and the actors wait forever
+LOCAL_SYSTEM_CONFIG = {"worker_register_timeout_seconds": int(START_TIMEOUT)}
 
 
 def import_ray():
@@ -74,7 +78,7 @@ class RaySession:
             # logs an error about it, which changes nothing here (no dashboard is wanted): hence CRITICAL
             ray.init(address="local", num_cpus=self.num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.CRITICAL, _node_ip_address="127.0.0.1",
-                     dashboard_host="127.0.0.1")
+                     dashboard_host="127.0.0.1", _system_config=LOCAL_SYSTEM_CONFIG)
         else:
             hostport = parse_address(self.address)
             if hostport is not None:
@@ -245,7 +249,7 @@ class RayExecutor(Executor):
         return os.cpu_count() or 1
 
     def _dispatch(self, ray, actors, shared, chunks, progress) -> Iterator[tuple[Any, Any]]:
-        from ray.exceptions import RayActorError, RayError, RayTaskError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
         todo = deque(range(len(chunks)))
         pending = {}
@@ -256,7 +260,11 @@ class RayExecutor(Executor):
                 pending[actor.run.remote(shared, chunks[i])] = (actor, i)
 
         try:  # every actor's process is up
-            self.worker_pids = ray.get([a.pid.remote() for a in actors])
+            self.worker_pids = ray.get([a.pid.remote() for a in actors], timeout=START_TIMEOUT)
+        except GetTimeoutError:
+            raise ExecutorError(f"Ray workers did not start within {START_TIMEOUT:.0f} s: the cluster may lack free "
+                                "CPUs/GPUs for them (`ray status`), or its nodes are overloaded; nothing was "
+                                "computed") from None
         except RayError as err:
             raise ExecutorError(f"Ray workers could not start ({first_line(err)}): every node needs this workbench "
                                 f"installed (the same version as the driver: {INSTALL}) and the model") from None
