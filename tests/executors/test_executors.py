@@ -147,6 +147,21 @@ def test_an_unreachable_ray_address_is_named(tiny_folder, tmp_path, capsys):
     assert not ray.is_initialized()
 
 
+def test_a_cluster_that_ray_would_dial_elsewhere_is_refused_with_the_fix(monkeypatch):
+    """Ray dials a loopback address as this machine's network address: a loopback-only cluster is named, not waited on."""
+    from workbench.executors import ray_executor
+
+    with socket.socket() as server:  # a "cluster" listening on 127.0.0.1 only
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setattr(ray_executor, "ray_dials", lambda host: host)
+        ray_executor.probe("127.0.0.1", port, f"127.0.0.1:{port}")  # reachable, and Ray would dial it as it is
+        monkeypatch.setattr(ray_executor, "ray_dials", lambda host: "127.0.0.2")  # as Ray does on a networked machine
+        with pytest.raises(ExecutorError, match=rf"listens on 127.0.0.1 only.*127.0.0.2.*{ray_executor.LOOPBACK_ONLY}=0"):
+            ray_executor.probe("127.0.0.1", port, f"127.0.0.1:{port}")
+
+
 def test_ray_flags_need_the_ray_executor(tiny_folder, tmp_path, capsys):
     _one_line_error(capsys, _sweep_argv(tiny_folder, tmp_path / "S", "--workers", "2"),
                     "--workers only apply with --executor ray")

@@ -29,14 +29,16 @@ psutil = pytest.importorskip("psutil")
 import workbench as wb  # noqa: E402
 from workbench.cli import main  # noqa: E402
 from workbench.executors import RayExecutor  # noqa: E402
-from workbench.executors.ray_executor import LOCAL_SYSTEM_CONFIG  # noqa: E402
+from workbench.executors.ray_executor import LOCAL_SYSTEM_CONFIG, LOOPBACK_ONLY  # noqa: E402
 from workbench.retrieval.niah_folder import run_niah_grid  # noqa: E402
 from workbench.stimuli.niah import niah_grid  # noqa: E402
 from workbench.sweeps import Zero, head_pairs, load_sweep, run_sweep  # noqa: E402
 from workbench.tasks import induction_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "WORKBENCH_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+# LOOPBACK_ONLY=0: the driver subprocess reaches the test cluster at 127.0.0.1 (Ray would dial this machine's
+# network address instead, where the loopback-only cluster does not listen)
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "WORKBENCH_PROGRESS": "0", "OMP_NUM_THREADS": "1", LOOPBACK_ONLY: "0"}
 METRICS = ["loss", "accuracy"]
 HEADS = [(layer, head) for layer in range(2) for head in range(4)]  # tiny_folder: 2 layers x 4 heads
 
@@ -154,6 +156,7 @@ class GatedZero(Zero):
         return super().specs(heads, rows, prompts)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_sweep_loses_nothing(cluster, tiny, local_rows, tmp_path):
     """SIGKILL one of two workers while it computes a chunk: Ray restarts it, the chunk is retried, each cell lands once."""
     subject, task, cells = tiny
@@ -221,6 +224,7 @@ def _sweep_argv(model, out, address, *extra):
             "--ray-address", address, "--workers", "2", *extra]
 
 
+@pytest.mark.slow
 def test_driver_killed_then_resumed_on_ray(cluster, tiny_folder, tiny, local_rows, tmp_path, capsys):
     """`workbench sweep --executor ray` killed with SIGKILL after two parts, then `--resume` on Ray: nothing lost or twice."""
     out = tmp_path / "S"

@@ -32,6 +32,8 @@ from .base import Executor, Make, ModelSpec, Progress, WorkerSpec
 INSTALL = "pip install 'workbench[ray]'"
 THREADS = 4  # torch threads per CPU worker when --workers is not given
 CONNECT_TIMEOUT = 10.0  # seconds to reach HOST:PORT before ray.init is tried
+# Ray's switch that keeps a loopback address as it is (ray._private.ray_constants): for a cluster bound to 127.0.0.1
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 START_TIMEOUT = 600.0  # seconds for the workers' processes to start (import torch, load the model) on a busy node
 # a private instance: Ray's default of 60 s for a worker process to register is too short on a loaded machine
 # (importing ray alone took 18 s at load 18 on 2 cores); the raylet then gives up on it and the actors wait forever
@@ -100,7 +102,7 @@ class RaySession:
 
 
 def probe(host: str, port: int, address: str) -> None:
-    """Open a TCP connection to host:port (ExecutorError naming the address if nothing answers)."""
+    """Open a TCP connection to host:port, and to the address Ray itself will dial; ExecutorError naming the address if nothing answers."""
     try:
         with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT):
             pass
@@ -109,6 +111,25 @@ def probe(host: str, port: int, address: str) -> None:
         raise ExecutorError(f"could not reach a Ray cluster at {address} ({why}): check that `ray start --head` "
                             f"runs on {host} with port {port} and that this machine can reach it, or leave out "
                             "--ray-address to start Ray on this machine") from None
+    dialed = ray_dials(host)
+    if dialed != host:
+        try:
+            with socket.create_connection((dialed, port), timeout=CONNECT_TIMEOUT):
+                pass
+        except OSError:  # ray.init would retry this address for many minutes
+            raise ExecutorError(f"the Ray cluster at {address} listens on {host} only, but Ray connects to a cluster on "
+                                f"this machine through its network address {dialed}: start the cluster without "
+                                "--node-ip-address 127.0.0.1 (`ray start --head`), or, for a cluster on this machine "
+                                f"only, set {LOOPBACK_ONLY}=0 in the environment") from None
+
+
+def ray_dials(host: str) -> str:
+    """The host ``ray.init`` connects to for ``host``: Ray replaces a loopback address by this machine's network address."""
+    try:
+        from ray._private.services import resolve_ip_for_localhost
+    except ImportError:  # another Ray version: nothing to check
+        return host
+    return resolve_ip_for_localhost(host)
 
 
 def first_line(err: BaseException, last: bool = False) -> str:
