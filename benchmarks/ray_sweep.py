@@ -133,13 +133,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--overhead-chunks", type=int, default=60)
     p.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, overhead, folder")
+    p.add_argument("--driver-write-ms", type=float, default=None,
+                   help="with --skip folder: the driver's write per cell for the projection (RESULTS.md: 0.51)")
     args = p.parse_args()
     os.environ.setdefault("WORKBENCH_PROGRESS", "0")
     skip = set(filter(None, args.skip.split(",")))
     root = Path(tempfile.mkdtemp(prefix="ray-sweep-"))
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     try:
-        t_cell = float("nan")
         if "sweep" not in skip:
             torch.set_num_threads(args.threads)
             subject = wb.load(args.model, device="cpu")
@@ -167,7 +168,6 @@ def main() -> None:
                           f"load {os.getloadavg()[0]:.1f}", flush=True)
             med = {k: statistics.median(v) for k, v in walls.items()}
             per_cell_local = med["local"] / len(cells)
-            t_cell = 1 / statistics.median(steady["local"])
             ray_rate = statistics.median(steady["ray"])  # cells/s of all workers: a chunk takes chunk*workers/rate
             startup = statistics.median(first) - args.chunk * args.workers / ray_rate
             print(f"\n{len(cells)} cells ({args.model}, {args.prompts} prompts x {2 * args.seq_len + 1} tokens, chunks of "
@@ -184,7 +184,7 @@ def main() -> None:
             overhead = ray_overhead(args.workers, args.chunk, args.prompts, args.overhead_chunks, root)
             print(f"Ray round trip per chunk of {args.chunk} cells ({args.prompts} per-prompt values), no work: "
                   f"{1e3 * overhead:.1f} ms ({1e3 * overhead / args.chunk:.1f} ms per cell)")
-        write = float("nan")
+        write = float("nan") if args.driver_write_ms is None else args.driver_write_ms / 1e3
         if "folder" not in skip:
             scale = folder_scale(root)
             write = scale["write ms/cell"] / 1e3

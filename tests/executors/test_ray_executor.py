@@ -255,6 +255,7 @@ def test_driver_killed_then_resumed_on_ray(cluster, tiny_folder, tiny, local_row
 
 
 # ------------------------------------------------------------------------------------------------ NIAH
+@pytest.mark.slow
 def test_niah_grid_on_ray_gives_the_local_answers(cluster, byte_model, tmp_path):
     subject = wb.load(str(byte_model), device="cpu")
     grid = niah_grid(subject, [200, 300], [0, 50, 100], n_needles=1, haystack="noise", seed=0)
