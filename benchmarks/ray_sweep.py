@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 import workbench as wb
-from workbench.executors import Executor, RayExecutor
+from workbench.executors import Executor, RayExecutor, get_executor
 from workbench.sweeps import run_sweep
 from workbench.sweeps.runner import COLUMNS, default_chunk, head_pairs
 from workbench.tasks import induction_task
@@ -42,7 +42,8 @@ class Timed(Executor):
     """Wraps an executor and records when ``map`` began and when each chunk arrived (seconds, perf_counter)."""
 
     def __init__(self, inner: Executor):
-        self.inner, self.name = inner, inner.name
+        self.inner = get_executor(inner)
+        self.name = self.inner.name
         self.began, self.arrived = 0.0, []
 
     def check(self, subject) -> None:
