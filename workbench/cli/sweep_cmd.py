@@ -1,9 +1,9 @@
-"""``workbench sweep``: ablate every head (or groups / pairs) on a task, finished cells written as Parquet parts;
+"""``workbench sweep``: ablate every head (or groups / pairs) on a task, finished cells written in chunks (here or on Ray);
 ``--screen attribution --verify K`` estimates every cell first and runs the exact ablation on the chosen ones."""
 
 from __future__ import annotations
 
-from . import validate
+from . import executor_opts, validate
 
 
 def add_parser(sub) -> None:
@@ -36,6 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--atp-fixes", default="qk", type=validate.atp_fixes,
                    help="AtP* fixes of the screen: qk (recompute attention for query-side ablations), graddrop "
                         "(one extra partial backward per layer), qk,graddrop, or none (default qk)")
+    executor_opts.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -51,6 +52,7 @@ def run(args) -> int:
     if args.verify and not args.screen:
         raise InputError("--verify needs --screen attribution (the screen chooses the cells to verify)")
     started = time.time()
+    executor = executor_opts.executor(args)
     subject = load(args.model, device=args.device)
     options = {"filter": not args.no_filter}
     if args.task == "induction":
@@ -71,7 +73,7 @@ def run(args) -> int:
     metrics = args.metric.split(",") if args.metric else None
     df = run_sweep(subject, task, args.out, intervention=args.intervention, metrics=metrics, cells=cells,
                    resume=args.resume, seed=args.seed, max_rows=args.max_rows, screen=args.screen,
-                   fixes=args.atp_fixes, verify=args.verify or 0)
+                   fixes=args.atp_fixes, verify=args.verify or 0, executor=executor)
     html = sweep_report(args.out)
     print(f"swept {len(cells)} cells in {time.time() - started:.1f} s")
     if args.screen:

@@ -28,8 +28,8 @@ Layout of a sweep folder (a ``workbench.results`` folder; what ``load_sweep`` an
 
 Computing is separate from writing: ``ChunkWorker(subject, plan)(cells)`` turns a chunk of cells into
 finished rows (a pure function of the subject, the plan and the cells); the driver (``run_sweep``)
-hands chunks to an executor (``local_executor``: a worker in this process) and writes each chunk's
-rows as one part, so rows land identically whoever computed them. A part exists only once complete
+hands chunks to an executor (``workbench.executors``: in this process, or Ray actors that load the model
+themselves) and writes each chunk's rows as one part, so rows land identically whoever computed them. A part exists only once complete
 (temp file + rename), so a sweep killed at any point (even ``kill -9``) resumes with ``resume=True``
 by skipping the cells of its intact parts: nothing is lost and nothing is written twice. Sweeps
 written by an older workbench (one part per cell, no settings hash) are read by ``load_sweep`` but
@@ -38,18 +38,21 @@ not continued.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import platform
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..errors import InputError
+from ..executors import Executor, get_executor
 from ..progress import progress
 from ..results import ResultFolder, data_digest, now
 from ..tasks.base import Task, TaskBatch
@@ -215,14 +218,6 @@ class ChunkWorker:
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
 
-def local_executor(subject, plan: SweepPlan, chunks: Iterable[Sequence[Cell]],
-                   on_cell: Callable[[int], object] | None = None) -> Iterator[pd.DataFrame]:
-    """The in-process executor: one ChunkWorker computes the chunks in order and yields each chunk's rows."""
-    worker = ChunkWorker(subject, plan)
-    for chunk in chunks:
-        yield worker(chunk, on_cell)
-
-
 def plan_chunks(cells: Sequence[Cell], size: int, reuse_prefix: bool = True) -> list[list[Cell]]:
     """The cells in order of first layer (prefix reuse), cut into chunks of ``size``: the unit of computing and of a part."""
     ordered = sorted(cells, key=first_layer) if reuse_prefix else list(cells)
@@ -239,15 +234,21 @@ def default_chunk(n_cells: int, copies: int) -> int:
 def run_sweep(subject, task: Task, out, *, intervention="zero", metrics: Sequence | None = None,
               cells: Sequence[Cell] | None = None, resume: bool = False, seed: int = 0,
               max_rows: int | None = None, reuse_prefix: bool = True, chunk_cells: int | None = None,
-              screen: str | None = None, fixes=DEFAULT_FIXES, verify: int = 0) -> pd.DataFrame:
+              screen: str | None = None, fixes=DEFAULT_FIXES, verify: int = 0,
+              executor: str | Executor = "local") -> pd.DataFrame:
     """Ablate each cell on the task's kept prompts and record per-prompt and mean metric, baseline and effect; returns ``load_sweep(out)``.
 
     ``chunk_cells``: cells per part (default ``default_chunk``); a crash loses at most the chunk being computed.
     ``screen="attribution"``: estimate every cell first (AtP with the AtP* ``fixes``, ``screen.py``), then run
     the exact ablation only on the ``verify`` cells with the largest |estimate| and on ``verify`` random others
     (a calibration set); estimates and exact rows land in the same folder (column ``method``).
+    ``executor``: where chunks are computed, "local" (this process), "ray" (a private Ray instance on this
+    machine) or an Executor such as ``RayExecutor(address=..., workers=...)``; not part of the settings, so a
+    sweep can be resumed under another executor.
     """
     out = Path(out)
+    executor = get_executor(executor)
+    executor.check(subject)
     ablation = get_ablation(intervention, seed)
     metrics = [get_metric(m) for m in (metrics or [task.default_metric])]
     if len({m.name for m in metrics}) != len(metrics):
@@ -300,9 +301,11 @@ def run_sweep(subject, task: Task, out, *, intervention="zero", metrics: Sequenc
         size = chunk_cells or default_chunk(len(exact), cells_per_forward(subject, b, max_rows)[1])
         bar = progress(total=len(exact), initial=len(exact) - len(todo), unit="cell",
                        desc=f"{ablation.name} sweep of {subject.name} on {task.name}")
+        make = functools.partial(ChunkWorker, plan=plan)
         try:
-            for rows in local_executor(subject, plan, plan_chunks(todo, size, reuse_prefix), bar.update):
-                folder.append(annotate(rows) if annotate else rows)
+            with closing(executor.map(subject, make, plan_chunks(todo, size, reuse_prefix), bar.update)) as results:
+                for _, rows in results:
+                    folder.append(annotate(rows) if annotate else rows)
         finally:
             bar.close()
         folder.update(status="complete", finished=now())
