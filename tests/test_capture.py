@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.errors import CaptureMemoryError, InputError
-from workbench.patterns import capture, predict_capture_bytes, select_heads
+from workbench.patterns import Budget, ModelDims, capture, predict_capture, select_heads
 from tests.conftest import tiny_gemma3, tiny_llama
 
 
@@ -101,15 +101,25 @@ def test_head_selection_and_rows(llama):
         part.pattern(0, 0)
 
 
-def test_capture_refuses_what_does_not_fit(llama, monkeypatch):
-    import sys
-
+def test_capture_splits_the_batch_or_refuses_what_does_not_fit(llama):
     sel = select_heads(llama)
-    need = predict_capture_bytes(llama, sel, batch=4, n_tokens=100)
-    assert need["stored"] == 4 * 8 * 100 * 100 * 4
-    monkeypatch.setattr(sys.modules["workbench.patterns.capture"], "available_bytes", lambda device: 4096)
-    with pytest.raises(CaptureMemoryError, match=r"needs 156.2 KiB to keep .*capture_stats"):
-        capture(llama, torch.randint(4, 90, (2, 50)))
+    dims = ModelDims.of(llama)
+    whole = predict_capture(dims, sel, batch=4, n_tokens=100)
+    assert whole.terms["kept"] == 4 * 8 * 100 * 100 * 4  # every head's patterns, float32
+    # two query rows kept: the per-step transients (each layer's full patterns, activations) dominate, so a budget
+    # between the predictions of steps of 2 and 3 rows makes capture run two steps of two rows
+    ids, rows = torch.randint(4, 90, (4, 100)), [50, 99]
+    two, three = (predict_capture(dims, sel, batch=4, n_tokens=100, n_rows=2, step=s) for s in (2, 3))
+    assert two.host < three.host
+    budget = Budget(host_free=int((two.host + three.host) / 2 / 0.5), device_free=None)
+    cap = capture(llama, ids, rows=rows, z=True, budget=budget)
+    assert cap.memory["batch_size"] == 2
+    ref = capture(llama, ids, rows=rows, z=True, batch_size=4, budget=Budget(1 << 40, None))
+    for layer in ref.patterns:
+        torch.testing.assert_close(cap.patterns[layer], ref.patterns[layer], rtol=0, atol=1e-6)
+        torch.testing.assert_close(cap.z[layer], ref.z[layer], rtol=0, atol=1e-6)
+    with pytest.raises(CaptureMemoryError, match=r"needs .* at its peak, but the budget is .*capture_stats"):
+        capture(llama, ids, budget=Budget(host_free=4096, device_free=None))
 
 
 def test_bad_input(llama):

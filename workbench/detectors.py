@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .patterns import ZRecorder, capture, capture_stats, predict_capture_bytes, select_heads
-from .patterns.memory import available_bytes
+from .patterns import capture, capture_stats, predict_capture, predict_stats, select_heads
+from .patterns.capture import memory_plan, too_big
+from .patterns.memory import Budget, ModelDims, Prediction, largest_step
 from .scores import copying_score, duplicate_token_score, induction_score, previous_token_score, sink_rate
 from .scores.sinks import key_importance
 from .scores.streamed import (duplicate_token_from_lags, previous_token_from_lags,
@@ -115,8 +116,12 @@ def resolve(names) -> list[Detector]:
 
 
 def _by_layer(cap, subject) -> torch.Tensor:
-    """Captured patterns of all heads as (L, H, B, N, N)."""
-    return torch.stack([cap.patterns[layer].transpose(0, 1) for layer in range(subject.n_layers)])
+    """Captured patterns of all heads as (L, H, B, N, N), moved layer by layer (never two copies of all of them)."""
+    first = cap.patterns[0]
+    out = first.new_empty((subject.n_layers, first.shape[1], first.shape[0], *first.shape[2:]))
+    for layer in range(subject.n_layers):
+        out[layer] = cap.patterns.pop(layer).transpose(0, 1)
+    return out
 
 
 def _stats_by_layer(stats, subject, name) -> torch.Tensor:
@@ -124,64 +129,93 @@ def _stats_by_layer(stats, subject, name) -> torch.Tensor:
     return torch.stack([stats.stats[layer][name].transpose(0, 1) for layer in range(subject.n_layers)])
 
 
-def _capture_mode(subject, ctx, batch: int, n_tokens: int) -> str:
-    """'exact' if all patterns fit in memory, else 'streamed' (overridable with settings['capture'])."""
+def _requested_mode(ctx) -> str:
     mode = ctx.settings.get("capture", "auto")
     if mode not in ("auto", "exact", "streamed"):
         raise InputError(f"capture must be auto, exact or streamed, got {mode!r}")
-    if mode != "auto":
-        return mode
-    need = predict_capture_bytes(subject, select_heads(subject), batch, n_tokens, batch_size=ctx.settings.get("batch_size"))
-    host, dev = available_bytes(torch.device("cpu")), available_bytes(subject.device)
-    fits = need["stored"] < 0.5 * host and need["transient"] < 0.5 * (host if subject.device.type == "cpu" else dev)
-    return "exact" if fits else "streamed"
+    return mode
+
+
+def choose_capture(subject, ctx, what: str, exact: Prediction | None, streamed, batch: int) -> dict:
+    """Exact when asked for or when its predicted peak fits the budget, else streamed in the largest batch steps that
+    fit (``streamed(step)`` predicts one); the plan says which and why (it goes into the Atlas metadata)."""
+    mode, budget = _requested_mode(ctx), Budget.now(subject.device)
+    if exact is not None and (mode == "exact" or (mode == "auto" and budget.allows(exact))):
+        if not budget.allows(exact):
+            raise too_big(f"exact capture of {what}", exact, budget, "Use --capture streamed (same scores, O(N) memory).")
+        return memory_plan("exact", batch, batch, exact, budget, "asked for" if mode == "exact" else "fits")
+    step = ctx.settings.get("batch_size") or largest_step(streamed, batch, budget)
+    if step == 0 or not budget.allows(streamed(step)):
+        raise too_big(f"streamed statistics of {what}", streamed(max(step, 1)), budget,
+                      "Use a smaller batch or shorter sequences.")
+    why = ("asked for" if mode == "streamed" else
+           f"exact would need {exact.describe()}" if exact is not None else "no exact path")
+    return memory_plan("streamed", step, batch, streamed(step), budget, why)
 
 
 @dataclass
 class RepeatAttention:
-    """Attention on the repeated-random-token stimulus: exact patterns (L,H,B,N,N) or streamed statistics."""
+    """Attention on the repeated-random-token stimulus: exact scores (L,3,H) or streamed statistics."""
 
     stim: object
     mode: str
-    patterns: torch.Tensor | None = None
+    exact: torch.Tensor | None = None  # (L, 3, H): previous-token, duplicate-token, induction
     lag_mass: torch.Tensor | None = None  # (L, H, B, N, bins)
     edges: torch.Tensor | None = None
     target_prob: torch.Tensor | None = None  # (L, H, B, N, 1)
 
     def previous_token(self):
         if self.mode == "exact":
-            return previous_token_score(self.patterns)
+            return self.exact[:, 0]
         return previous_token_from_lags(self.lag_mass, self.edges)
 
     def duplicate_token(self):
         if self.mode == "exact":
-            return duplicate_token_score(self.patterns, self.stim.input_ids)
+            return self.exact[:, 1]
         s = self.stim
         return duplicate_token_from_lags(self.lag_mass, self.edges, s.seq_len, s.n_repeats, s.offset)
 
     def induction(self):
         if self.mode == "exact":
-            return induction_score(self.patterns, self.stim.induction_target)
+            return self.exact[:, 2]
         return target_mass_from_stats(self.target_prob, self.stim.induction_target)
 
 
+def _repeat_scores(stim):
+    """reduce(layer, pattern) for capture: the three repeat scores of every head of one layer, (3, H) on the CPU."""
+    def reduce(layer, pattern):
+        p = pattern.transpose(0, 1)  # (H, B, N, N): the score functions take the batch third-last
+        return torch.stack([previous_token_score(p), duplicate_token_score(p, stim.input_ids),
+                            induction_score(p, stim.induction_target)]).cpu()
+    return reduce
+
+
 def _repeat_attention(subject, ctx: ScanContext) -> RepeatAttention:
-    """The repeated-random-token stimulus and its attention, captured once per scan (exact or streamed)."""
+    """The repeated-random-token stimulus and its attention, captured once per scan.
+
+    Exact: one forward pass whose patterns are reduced to the scores layer by layer (never kept); streamed: the
+    statistics kernels, in batch steps when the whole batch would not fit. ``choose_capture`` decides.
+    """
     def build():
         s = ctx.settings
         stim = repeated_random_tokens(subject, s.get("seq_len", 50), s.get("n_repeats", 2), s.get("batch", 10), ctx.seed)
-        mode = _capture_mode(subject, ctx, *stim.input_ids.shape)
-        ctx.stimuli["repeated_random_tokens"] = {**stim.settings(), "capture": mode}
-        if mode == "exact":
-            cap = capture(subject, stim.input_ids, batch_size=s.get("batch_size"))
-            return RepeatAttention(stim, mode, patterns=_by_layer(cap, subject))
+        b, n = stim.input_ids.shape
+        dims, device = ModelDims.of(subject), subject.device.type
         from .kernels import AttentionStatsRequest
 
         lags = {0, 1, 2} | {k * stim.seq_len + d for k in range(1, stim.n_repeats) for d in (0, 1)}
         edges = torch.tensor(sorted(lags))
         request = AttentionStatsRequest(lag_bins=edges, targets=stim.induction_target, target_lags=(0,))
-        stats = capture_stats(subject, stim.input_ids, request)
-        return RepeatAttention(stim, mode, lag_mass=_stats_by_layer(stats, subject, "lag_mass"), edges=edges,
+        exact = predict_capture(dims, select_heads(subject), b, n, device_type=device, reduce_copies=1.0,
+                                reduce_bytes=3 * dims.n_layers * dims.n_heads * 4)
+        plan = choose_capture(subject, ctx, f"{b} x {n} repeated tokens", exact,
+                              lambda step: predict_stats(dims, request, b, n, step=step, device_type=device), b)
+        ctx.stimuli["repeated_random_tokens"] = {**stim.settings(), "capture": plan["mode"], "memory": plan}
+        if plan["mode"] == "exact":
+            cap = capture(subject, stim.input_ids, reduce=_repeat_scores(stim), reduce_copies=1.0, batch_size=b)
+            return RepeatAttention(stim, "exact", exact=torch.stack([cap.reduced[l] for l in range(subject.n_layers)]))
+        stats = capture_stats(subject, stim.input_ids, request, batch_size=plan["batch_size"])
+        return RepeatAttention(stim, "streamed", lag_mass=_stats_by_layer(stats, subject, "lag_mass"), edges=edges,
                                target_prob=_stats_by_layer(stats, subject, "target_prob"))
 
     return ctx.get("repeat", build)
@@ -204,20 +238,27 @@ def _copying(subject, ctx):
     stim = _repeat_attention(subject, ctx).stim
     batch, n_queries = ctx.settings.get("copy_batch", 4), ctx.settings.get("copy_queries", 12)
     ids = stim.input_ids[:batch]
-    queries = torch.arange(ids.shape[1] - n_queries, ids.shape[1])
-    mode = _capture_mode(subject, ctx, *ids.shape)
-    ctx.stimuli["copying"] = {"kind": "repeated_random_tokens (first sequences)", "batch": int(ids.shape[0]),
-                              "queries": f"last {n_queries} positions", "n_queries": n_queries, "capture": mode}
-    if mode == "exact":
+    b, n = ids.shape
+    queries = torch.arange(n - n_queries, n)
+    dims, device = ModelDims.of(subject), subject.device.type
+    from .kernels import AttentionStatsRequest
+
+    request = AttentionStatsRequest(rows=queries)
+    z_bytes = dims.n_layers * b * n * dims.q_width * 4
+    exact = predict_capture(dims, select_heads(subject), b, n, device_type=device, n_rows=n_queries, z=True)
+    plan = choose_capture(subject, ctx, f"{b} x {n} tokens (copying)", exact,
+                          lambda step: predict_stats(dims, request, b, n, step=step, device_type=device,
+                                                     extra_kept=z_bytes), b)
+    ctx.stimuli["copying"] = {"kind": "repeated_random_tokens (first sequences)", "batch": b,
+                              "queries": f"last {n_queries} positions", "n_queries": n_queries,
+                              "capture": plan["mode"], "memory": plan}
+    if plan["mode"] == "exact":
         cap = capture(subject, ids, z=True, rows=queries)
         rows, z = {layer: p.transpose(0, 1) for layer, p in cap.patterns.items()}, cap.z
     else:
-        from .kernels import AttentionStatsRequest
-
-        zrec = ZRecorder(range(subject.n_layers))
-        stats = capture_stats(subject, ids, AttentionStatsRequest(rows=queries), extra_hooks=[zrec])
+        stats = capture_stats(subject, ids, request, z=True, batch_size=plan["batch_size"])
         rows = {layer: stats.stats[layer]["rows"].transpose(0, 1) for layer in stats.stats}
-        z = {layer: torch.cat(parts) for layer, parts in zrec.z.items()}
+        z = stats.z
     out = np.zeros((subject.n_layers, subject.n_heads))
     for layer in range(subject.n_layers):
         logits = subject.direct_logits(layer, z[layer][:, queries]).cpu()  # (H, B, Q, V)
@@ -241,7 +282,9 @@ def _sink(subject, ctx):
             ids = torch.cat([torch.full((batch, 1), subject.bos_token_id or ids[0, 0].item()), ids], dim=1)
             ctx.stimuli["sink"] = {"kind": "random_tokens", "tokens": n_tokens, "batch": batch, "bos": True,
                                    "seed": ctx.seed + 2}
-        return _by_layer(capture(subject, ids), subject)
+        cap = capture(subject, ids)
+        ctx.stimuli["sink"]["memory"] = cap.memory
+        return _by_layer(cap, subject)
 
     pats = ctx.get("sink", build)
     return {"sink_rate": sink_rate(pats, key=0, epsilon=0.3).numpy(),

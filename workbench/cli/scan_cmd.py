@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=validate.count(2), default=50, help="random tokens per repeat (default 50)")
     p.add_argument("--repeats", type=validate.count(2), default=2, help="presentations of the random block (default 2)")
     p.add_argument("--capture", choices=("auto", "exact", "streamed"), default="auto",
-                   help="exact patterns, streamed statistics (O(N) memory, for long contexts), or auto: exact when it fits (default)")
+                   help="exact patterns, streamed statistics (O(N) memory, for long contexts), or auto (default): exact "
+                        "when its predicted peak fits half the free memory, else streamed in batch steps that fit")
     p.add_argument("--text", default=None, type=validate.input_file, help="a text file whose paragraphs become the natural-text prompts of the sink detector")
     p.set_defaults(func=run)
 
@@ -47,6 +48,9 @@ def run(args) -> int:
     atlas.save(out)
     html = write_scan_report(atlas, subject, out / "atlas.html")
     print(f"scanned {subject.n_total_heads} heads of {subject.name} in {time.time() - started:.1f} s")
+    for name, stim in atlas.meta.get("stimuli", {}).items():
+        if isinstance(stim, dict) and "reason" in stim.get("memory", {}):
+            print(f"  capture of {name}: {stim['memory']['reason']}")
     for column in ("induction", "previous_token", "copying", "sink_rate"):
         if column in atlas.score_columns:
             top = atlas.top(column, 3)

@@ -12,8 +12,9 @@ test list) never enter a lag curve; for lists on consecutive positions item lags
 Two paths, one result: ``exact`` computes the chosen score rows from the post-RoPE queries and keys in the hook
 point's ``on_qk`` (float32, rows of test items only); ``streamed`` asks the attention-statistics kernels for
 ``target_logit``/``target_prob`` (targets = first occurrences, ``target_lags``) and per-item span masses, never
-forming an N x N matrix (long contexts; consecutive study lists only). ``auto`` picks ``streamed`` when the rows
-of one layer would exceed ``EXACT_ROW_BYTES``.
+forming an N x N matrix (long contexts; consecutive study lists only). ``auto`` runs ``exact`` in the largest
+batch steps whose predicted peak (``predict_list_capture``) fits the memory budget, and ``streamed`` when not even
+one row would fit.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
+from ..patterns.capture import memory_plan, too_big
+from ..patterns.memory import FLOAT32, Budget, ModelDims, Prediction, forward_peak, largest_step, steady_allocator
+from ..patterns.stats import predict_stats
 from ..progress import progress
 from ..stimuli.lists import RecallLists
 from .lag_crp import LagCurve, aggregate_lag_curves, conditional_response_probability, serial_position_curve
 
 LAGS = tuple(range(-8, 8))  # Ji-An et al. 2024: pre-softmax scores at lags -8..7
-EXACT_ROW_BYTES = 512 * 2**20
 METHODS = ("auto", "exact", "streamed")
 
 
@@ -155,17 +158,72 @@ def _forward(subject, ids: torch.Tensor, test_pos: torch.Tensor, study_ids: torc
                               hooks).exp()
 
 
-def _method(subject, lists: RecallLists, method: str, batch_size: int | None) -> str:
+def stats_request(lists: RecallLists, rows: slice, lags):
+    """The attention-statistics request of the streamed path for a slice of the lists: target_logit/target_prob at
+    first occurrence + lag, and the mass on each study item."""
+    from ..kernels import AttentionStatsRequest
+
+    ids, test_pos = lists.input_ids[rows], lists.test_pos[rows]
+    targets = torch.full(ids.shape, -1, dtype=torch.long)
+    targets.scatter_(1, test_pos, lists.first_pos[rows])
+    study = lists.study_pos[rows]
+    return AttentionStatsRequest(targets=targets, target_lags=tuple(int(x) for x in lags),
+                                 spans=torch.stack([study, study + 1], dim=-1))
+
+
+def predict_list_capture(dims: ModelDims, lists: RecallLists, lags, method: str, step: int | None = None, *,
+                         n_layers: int | None = None, device_type: str = "cpu") -> Prediction:
+    """Peak memory of ``capture_lists`` with ``method`` ("exact" or "streamed") in batch steps of ``step`` rows.
+
+    Per step: the model's activations; the logits at the distinct test positions (B x kept positions x vocab),
+    their log-softmax and the rows gathered at each test item; exact: one layer's float32 score rows
+    (B x H x test items x N, twice while masked) and the selected queries and keys; streamed: the kernels'
+    working memory (``predict_stats``). Kept: every layer's lag / study-item results of the whole batch.
+    """
+    step = min(step or lists.batch, lists.batch)
+    n, q = lists.input_ids.shape[1], lists.test_pos.shape[1]
+    n_layers = dims.n_layers if n_layers is None else n_layers
+    n_keep = max(len(torch.unique(lists.test_pos[lo:lo + step])) for lo in range(0, lists.batch, step))
+    kept = 2 * n_layers * lists.batch * dims.n_heads * q * (2 * len(lags) + lists.n_items) * FLOAT32  # + the joins
+    if method == "streamed":
+        return predict_stats(dims, stats_request(lists, slice(0, step), lags), step, n, n_layers=n_layers,
+                             step=step, device_type=device_type, extra_kept=kept, n_logits=2 * n_keep + q)
+    rows = step * dims.n_heads * q * n * FLOAT32
+    extra = 2 * rows + step * dims.n_heads * (q + n) * dims.d_head * FLOAT32 + step * q * n
+    # logits at the kept positions, their log-softmax and the rows gathered from it: (2 x kept + test items) x vocab
+    return forward_peak(dims, step, n, device_type=device_type, n_logits=2 * n_keep + q, kept=kept, layer_extra=extra)
+
+
+def plan_lists(subject, lists: RecallLists, lags, method: str, batch_size: int | None, layers,
+               budget: Budget | None = None) -> dict:
+    """The method and batch step of a list capture: ``exact`` in the largest steps that fit the budget (or
+    ``batch_size``), else (``auto``) ``streamed``; the plan records the prediction and why."""
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "auto":
-        step = batch_size or lists.batch
-        row_bytes = 4 * step * subject.n_heads * lists.test_pos.shape[1] * lists.input_ids.shape[1]
-        method = "exact" if row_bytes <= EXACT_ROW_BYTES else "streamed"
     if method == "streamed" and not lists.contiguous:
         raise InputError("the streamed path needs study items on consecutive positions (token lag = item lag); "
                          "use method='exact' for lists with separators")
-    return method
+    steady_allocator()
+    dims, budget = ModelDims.of(subject), budget or Budget.now(subject.device)
+
+    def predictor(name):
+        return lambda step: predict_list_capture(dims, lists, lags, name, step, n_layers=len(layers),
+                                                 device_type=subject.device.type)
+
+    tried = {}
+    for name in (["exact", "streamed"] if method == "auto" else [method]):
+        if name == "streamed" and not lists.contiguous:
+            continue
+        predict = predictor(name)
+        step = batch_size or largest_step(predict, lists.batch, budget)
+        tried[name] = predict(max(step, 1))
+        if step and budget.allows(predict(step)):
+            why = "asked for" if method != "auto" else ("fits" if name == "exact" else
+                                                        f"exact would need {tried['exact'].describe()}")
+            return memory_plan(name, min(step, lists.batch), lists.batch, predict(step), budget, why)
+    name, pred = next(iter(tried.items()))
+    raise too_big(f"the {name} list capture of {lists.batch} x {lists.input_ids.shape[1]} tokens", pred, budget,
+                  "Use fewer or shorter lists, fewer layers, or a smaller batch_size.")
 
 
 def capture_lists(subject, lists: RecallLists, *, lags=LAGS, layers=None, method: str = "auto",
@@ -180,8 +238,8 @@ def capture_lists(subject, lists: RecallLists, *, lags=LAGS, layers=None, method
     for layer in layers:
         subject.check_head(layer, 0)
     subject.check_length(lists.input_ids.shape[1])
-    method = _method(subject, lists, method, batch_size)
-    step = batch_size or lists.batch
+    plan = plan_lists(subject, lists, lags, method, batch_size, layers)
+    method, step = plan["mode"], plan["batch_size"]
     keys, _ = item_keys(lists, lags)
     study_keys = lists.study_pos[:, None, :].expand(-1, lists.test_pos.shape[1], -1)
     masked = lists.test_item < 0
@@ -201,23 +259,16 @@ def capture_lists(subject, lists: RecallLists, *, lags=LAGS, layers=None, method
     scores, attn, study_attn, prob = (torch.cat([p[i] for p in parts]).numpy() for i in range(4))
     study_attn = np.where(masked[:, None, None, :, None].numpy(), np.nan, study_attn)
     return ListCapture(lags, layers, scores, attn, study_attn, prob, lists.test_item.numpy(), method,
-                       {**lists.settings(), "lags": lags.tolist(), "method": method})
+                       {**lists.settings(), "lags": lags.tolist(), "method": method, "memory": plan})
 
 
 def _streamed(subject, lists: RecallLists, sl: slice, lags, layers, keys, extra_hooks, backend):
     """One batch through the kernels: target_logit/target_prob at first occurrence + lag, span mass per study item."""
-    from ..kernels import AttentionStatsRequest
     from ..patterns.stats import StatsRecorder
 
-    ids, test_pos = lists.input_ids[sl], lists.test_pos[sl]
-    b, n = ids.shape
-    targets = torch.full((b, n), -1, dtype=torch.long)
-    targets.scatter_(1, test_pos, lists.first_pos[sl])
-    study = lists.study_pos[sl]
-    spans = torch.stack([study, study + 1], dim=-1)
-    request = AttentionStatsRequest(targets=targets, target_lags=tuple(int(x) for x in lags), spans=spans)
-    rec = StatsRecorder(layers, request, backend)
-    prob = _forward(subject, ids, test_pos, lists.study_ids[sl], [rec, *extra_hooks])
+    test_pos = lists.test_pos[sl]
+    rec = StatsRecorder(layers, stats_request(lists, sl, lags), backend)
+    prob = _forward(subject, lists.input_ids[sl], test_pos, lists.study_ids[sl], [rec, *extra_hooks])
     valid = (keys >= 0)[:, None]  # item lag inside the study list
 
     def rows(name: str, layer: int) -> torch.Tensor:

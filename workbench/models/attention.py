@@ -162,6 +162,35 @@ def exact_scores(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, he
     return scores.masked_fill(~call.visibility(query.device), -math.inf)
 
 
+PATTERN_CHUNK_BYTES = 32 << 20  # float32 scores per query chunk in exact_patterns (bounds its mask temporaries)
+
+
+def exact_patterns(call: AttentionCall, query: torch.Tensor, key: torch.Tensor, heads) -> torch.Tensor:
+    """Float32 post-softmax patterns (B, len(heads), Nq, Nk) of query heads ``heads``, computed in place in the result.
+
+    The same numbers as ``softmax_rows(exact_scores(call, query, key, heads))`` (softmax as exp(s - max) / sum,
+    rows with no visible key all zeros), but each chunk of query rows is scored, masked and normalised inside the
+    returned tensor, so the only other memory is the selected queries and keys and one chunk's mask.
+    """
+    idx = torch.as_tensor(heads, device=query.device)
+    query, key = query[:, idx], key[:, idx // call.group]
+    b, h, nq, _ = query.shape
+    out = torch.empty(b, h, nq, call.n_keys, dtype=torch.float32, device=query.device)
+    visible = call.visibility(query.device)
+    key_t = key.float().transpose(-1, -2)
+    rows = max(1, PATTERN_CHUNK_BYTES // (4 * b * h * call.n_keys))
+    for r0 in range(0, nq, rows):
+        block = out[:, :, r0:r0 + rows]
+        torch.matmul(query[:, :, r0:r0 + rows].float(), key_t, out=block)
+        block.mul_(call.scaling)
+        if call.softcap is not None:
+            block.div_(call.softcap).tanh_().mul_(call.softcap)
+        block.masked_fill_(~visible[:, :, r0:r0 + rows], -math.inf)
+        block.sub_(block.amax(-1, keepdim=True)).exp_()
+        block.div_(block.sum(-1, keepdim=True)).nan_to_num_(0.0)
+    return out
+
+
 def softmax_rows(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over keys; rows with no visible key (padding queries) become all zeros, not NaN."""
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
@@ -239,11 +268,12 @@ def workbench_attention(module, query, key, value, attention_mask, dropout=0.0, 
                                       scaling=scaling, **kwargs)
         union = sorted({h for _, heads in wanted_by for h in heads})
         if union:
-            pattern = softmax_rows(exact_scores(call, query, key, union))
+            pattern = exact_patterns(call, query, key, union)
             where = {h: i for i, h in enumerate(union)}
             for hook, heads in wanted_by:
                 if heads:
-                    hook.on_pattern(call, heads, pattern[:, [where[h] for h in heads]])
+                    hook.on_pattern(call, heads, pattern if heads == union else pattern[:, [where[h] for h in heads]])
+            del pattern
     for hook in hooks:
         hook.on_qk(call, query, key)
     for hook in hooks:

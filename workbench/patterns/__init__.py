@@ -1,7 +1,10 @@
 """Capture of attention: exact patterns for short contexts, streamed statistics for long ones."""
 
-from .capture import Capture, PatternRecorder, ZRecorder, capture, predict_capture_bytes, select_heads
-from .stats import StatsCapture, StatsRecorder, capture_stats
+from .capture import (Capture, PatternRecorder, PatternReducer, ZRecorder, capture, predict_capture,
+                      select_heads)
+from .memory import Budget, ModelDims, Prediction
+from .stats import StatsCapture, StatsRecorder, capture_stats, predict_stats
 
-__all__ = ["Capture", "PatternRecorder", "StatsCapture", "StatsRecorder", "ZRecorder", "capture", "capture_stats",
-           "predict_capture_bytes", "select_heads"]
+__all__ = ["Budget", "Capture", "ModelDims", "PatternRecorder", "PatternReducer", "Prediction", "StatsCapture",
+           "StatsRecorder", "ZRecorder", "capture", "capture_stats", "predict_capture", "predict_stats",
+           "select_heads"]

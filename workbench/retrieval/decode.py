@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError
 from ..interventions import ZeroQuery, apply
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
+from ..patterns.memory import ModelDims, Prediction, forward_peak
 
 
 class TopKeyRecorder(AttentionHook):
@@ -74,8 +75,24 @@ def prefill(subject, input_ids: torch.Tensor, mask_heads=()) -> Prefilled:
     ids = subject.as_batch(ids)["input_ids"]
     specs = [ZeroQuery(list(mask_heads))] if mask_heads else []
     with apply(subject, *specs):
-        out = subject.model(input_ids=ids[:, :-1], use_cache=True)
+        out = subject.model(input_ids=ids[:, :-1], use_cache=True, **subject.logits_kwargs(False))
     return Prefilled(ids, out.past_key_values)
+
+
+def predict_decoding(dims: ModelDims, batch: int, n_tokens: int, max_new_tokens: int, *,
+                     device_type: str = "cpu") -> Prediction:
+    """Peak memory of one batch of prompts (B x N) through ``prefill`` and ``decode``: the larger of the prefill
+    (activations of N - 1 tokens and the KV cache it fills) and the decoding (the prefilled cache, the copy that
+    ``decode`` grows by ``max_new_tokens``, one layer's cache while it is extended, one token's activations)."""
+    pre = forward_peak(dims, batch, n_tokens - 1, device_type=device_type, n_logits=1, cache=True)
+    total = n_tokens + max_new_tokens
+    full = dims.n_layers - dims.sliding_layers
+    per_layer = [min(total, dims.window or total)] * dims.sliding_layers + [total] * full
+    cache = 2 * batch * sum(per_layer) * dims.kv_width * dims.act_bytes
+    layer = 2 * batch * max(per_layer) * dims.kv_width * dims.act_bytes
+    dec = forward_peak(dims, batch, 1, device_type=device_type, n_logits=1, kept=0,
+                       layer_extra=2 * cache + layer)  # decoding holds the caches on the compute device
+    return pre if pre.peak >= dec.peak else dec
 
 
 def _stops(subject, token: int, stop_at_newline: bool, cache: dict) -> bool:

@@ -65,6 +65,7 @@ def _sink_hidden(subject, ctx):
     ids = natural_text(subject, ctx, s.get("hidden_sink_tokens", 256), s.get("hidden_sink_batch", 8), "sink_hidden")
     report = hidden_sink_report(subject, ids)
     ctx.stimuli["sink_hidden"]["top_tokens"] = report.tokens(5).to_dict("records")
+    ctx.stimuli["sink_hidden"]["memory"] = report.memory
     return {"sink_hidden": report.rate, "sink_hidden_mass": report.mass}
 
 

@@ -17,9 +17,11 @@ import pandas as pd
 
 from ..errors import InputError
 from ..inputs import as_heads
+from ..patterns.capture import memory_plan, too_big
+from ..patterns.memory import Budget, ModelDims, largest_step, steady_allocator
 from ..progress import progress
 from ..stimuli.niah import NeedleTest
-from .decode import decode, prefill
+from .decode import decode, predict_decoding, prefill
 from .scoring import CORRECT_RECALL, mean_over_correct, retrieval_score, rouge1_recall
 
 Head = tuple[int, int]
@@ -83,12 +85,34 @@ def check_run(subject, tests, conditions: dict[str, Sequence[Head]], *, max_new_
     return tests, masks
 
 
-def plan_batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
-    """Indices of ``tests`` in batches of at most ``batch_size`` prompts of equal length (no padding), shortest first."""
+def plan_memory(subject, tests: Sequence[NeedleTest], batch_size: int, max_new_tokens: int) -> dict[str, dict]:
+    """Per prompt length (as a string): the largest batch step up to ``batch_size`` whose predicted prefill + decoding
+    peak fits half the free memory, as a ``memory_plan``; CaptureMemoryError if one prompt alone does not fit."""
+    steady_allocator()
+    dims, budget = ModelDims.of(subject), Budget.now(subject.device)
+    counts = defaultdict(int)
+    for t in tests:
+        counts[len(t.input_ids)] += 1
+    plans = {}
+    for n, count in sorted(counts.items()):
+        def predict(step, n=n):
+            return predict_decoding(dims, step, n, max_new_tokens, device_type=subject.device.type)
+
+        step = largest_step(predict, min(batch_size, count), budget)
+        if step == 0:
+            raise too_big(f"answering {n}-token NIAH prompts", predict(1), budget, "Use shorter prompts.")
+        plans[str(n)] = memory_plan("decode", step, count, predict(step), budget, "fits")
+    return plans
+
+
+def plan_batches(tests: Sequence[NeedleTest], batch_size: int, memory: dict[str, dict] | None = None) -> list[list[int]]:
+    """Indices of ``tests`` in batches of at most ``batch_size`` prompts of equal length (no padding), shortest first;
+    ``memory`` (from ``plan_memory``) lowers the step of each length to what fits."""
     by_length = defaultdict(list)
     for i, t in enumerate(tests):
         by_length[len(t.input_ids)].append(i)
-    return [idx[s:s + batch_size] for _, idx in sorted(by_length.items()) for s in range(0, len(idx), batch_size)]
+    steps = {n: min(batch_size, (memory or {}).get(str(n), {}).get("batch_size", batch_size)) for n in by_length}
+    return [idx[s:s + steps[n]] for n, idx in sorted(by_length.items()) for s in range(0, len(idx), steps[n])]
 
 
 @dataclass
@@ -132,11 +156,12 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
     """Answer every test greedily under each condition (a list of heads to mask by query zeroing); {condition: NiahRun}."""
     tests, masks = check_run(subject, tests, conditions, max_new_tokens=max_new_tokens, batch_size=batch_size)
     recorded = set(masks) if record is True else set(record or ())
+    memory = plan_memory(subject, tests, batch_size, max_new_tokens)
     rows = {name: [None] * len(tests) for name in masks}
     scores = {name: [None] * len(tests) for name in recorded}
     bar = progress(total=len(tests) * len(masks), desc=desc, unit="answer")
     try:
-        for chunk in plan_batches(tests, batch_size):
+        for chunk in plan_batches(tests, batch_size, memory):
             for a in answer_tests(subject, [tests[i] for i in chunk], masks, recorded, max_new_tokens=max_new_tokens,
                                   mask_prefill=mask_prefill, stop_at_newline=stop_at_newline):
                 rows[a.condition][chunk[a.test]] = a.row
@@ -147,7 +172,8 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
                 bar.update(1)
     finally:
         bar.close()
-    settings = run_settings(max_new_tokens=max_new_tokens, mask_prefill=mask_prefill, stop_at_newline=stop_at_newline)
+    settings = {**run_settings(max_new_tokens=max_new_tokens, mask_prefill=mask_prefill, stop_at_newline=stop_at_newline),
+                "memory": memory}  # per prompt length
     return {name: NiahRun(pd.DataFrame(rows[name]),
                           np.stack(scores[name]).astype(np.float32) if name in recorded else None,
                           {**settings, "condition": name, "masked": [list(h) for h in masks[name]]})

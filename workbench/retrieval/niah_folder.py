@@ -42,7 +42,7 @@ from ..io import atomic_write_text
 from ..progress import progress
 from ..results import ResultFolder, data_digest, now
 from ..stimuli.niah import NeedleTest, NiahGrid
-from .niah import Head, NiahRun, answer_tests, check_run, plan_batches, run_settings
+from .niah import Head, NiahRun, answer_tests, check_run, plan_batches, plan_memory, run_settings
 
 MANIFEST = "niah.json"
 ANSWERS = "answers.jsonl"
@@ -119,10 +119,12 @@ def run_niah_grid(subject, grid: NiahGrid, out, conditions: dict[str, Sequence[H
         folder.update(model_facts=subject.facts(), status="running", finished=None,
                       started=(folder.previous or {}).get("started") or now())
         todo = [i for i, key in enumerate(keys) if key not in folder.done]
+        memory = plan_memory(subject, [tests[i] for i in todo], batch_size, max_new_tokens) if todo else {}
+        folder.update(memory=memory)  # per prompt length: the batch step that fits, and why
         bar = progress(total=len(tests) * len(masks), initial=(len(tests) - len(todo)) * len(masks),
                        desc=f"NIAH on {subject.name}", unit="answer")
         job = NiahJob(tests, keys, masks, recorded, max_new_tokens, mask_prefill, stop_at_newline)
-        batches = [[todo[j] for j in batch] for batch in plan_batches([tests[i] for i in todo], batch_size)]
+        batches = [[todo[j] for j in batch] for batch in plan_batches([tests[i] for i in todo], batch_size, memory)]
         try:
             with closing(executor.map(subject, functools.partial(BatchWorker, job=job), batches, bar.update)) as results:
                 for _, rows in results:

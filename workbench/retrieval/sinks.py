@@ -4,51 +4,40 @@ A key's importance is Gu et al.'s alpha_k = sum_{i>=k} A[i,k] / (T-k) (``workben
 ACT marks keys with alpha_k > 0.1 as sinks and drops the first one found (usually position 0); the
 rest are hidden sinks. Deviation: only keys seen by at least ``min_queries`` queries are candidates
 (ACT has no such guard, but at T-k = 1 alpha_k is a single self-attention weight, so the last few keys
-of every head would count). :class:`KeyImportanceRecorder` reduces each layer's exact patterns to
-alpha as they are computed, so no N x N tensor is kept.
+of every head would count). :func:`key_importance_all` reduces each layer's exact patterns to alpha as
+they are computed (``capture(reduce=...)``), so no N x N tensor is kept beyond one layer's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..models.attention import AttentionCall, AttentionHook, hooks_active
+from ..patterns import capture
 from ..scores.sinks import key_importance
 
 HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold on alpha_k
 MIN_QUERIES = 16
 
 
-class KeyImportanceRecorder(AttentionHook):
-    """alpha_k (B, H, N) of every head of every layer, from exact patterns of full-sequence (prefill) calls."""
-
-    def __init__(self, layers):
-        self.layers = frozenset(layers)
-        self.alpha: dict[int, torch.Tensor] = {}
-
-    def pattern_heads(self, call: AttentionCall) -> list[int]:
-        return list(range(call.n_heads)) if call.n_queries == call.n_keys else []
-
-    def on_pattern(self, call, heads, pattern):
-        self.alpha[call.layer] = key_importance(pattern.double()).float().cpu()
+def key_importance_all(subject, input_ids, layers=None, batch_size: int | None = None, budget=None) -> torch.Tensor:
+    """(L, H, B, N) alpha_k of every head on the batch: one capture whose patterns are reduced to alpha layer by layer
+    (float32 sums), in batch steps when the whole batch would not fit (``batch_size``; default chosen by capture)."""
+    return _key_importance(subject, input_ids, layers, batch_size, budget)[0]
 
 
-@torch.no_grad()
-def key_importance_all(subject, input_ids, layers=None) -> torch.Tensor:
-    """(L, H, B, N) alpha_k of every head on the batch (one forward pass, patterns reduced per layer)."""
+def _key_importance(subject, input_ids, layers, batch_size, budget) -> tuple[torch.Tensor, dict]:
     batch = subject.as_batch(input_ids)
     if "attention_mask" in batch and not bool(batch["attention_mask"].all()):
         raise InputError("key importance needs unpadded sequences of equal length: cut the texts to one length")
     layers = list(range(subject.n_layers)) if layers is None else list(layers)
-    recorder = KeyImportanceRecorder(layers)
-    with hooks_active(recorder):
-        subject.model(input_ids=batch["input_ids"], use_cache=False)
-    return torch.stack([recorder.alpha[l].transpose(0, 1) for l in layers])
+    cap = capture(subject, batch["input_ids"], layers=layers, batch_size=batch_size, budget=budget, reduce_copies=0.0,
+                  reduce=lambda layer, pattern: key_importance(pattern).cpu())
+    return torch.stack([cap.reduced[l].transpose(0, 1) for l in layers]), cap.memory
 
 
 def hidden_sinks(alpha: torch.Tensor, threshold: float = HIDDEN_SINK_THRESHOLD, min_queries: int = MIN_QUERIES) -> torch.Tensor:
@@ -69,6 +58,7 @@ class HiddenSinkReport:
     rate: np.ndarray  # (L, H)
     mass: np.ndarray  # (L, H)
     sinks: pd.DataFrame  # sample, layer, head, position, token, alpha
+    memory: dict = field(default_factory=dict)  # the capture's predicted peak and batch step
 
     def tokens(self, top: int = 10) -> pd.DataFrame:
         """The tokens most often found as hidden sinks: count of (sample, head) hits, heads, mean alpha."""
@@ -86,7 +76,7 @@ def hidden_sink_report(subject, input_ids, threshold: float = HIDDEN_SINK_THRESH
     ids = ids[None] if ids.ndim == 1 else ids
     if ids.shape[1] <= min_queries:
         raise InputError(f"texts of {ids.shape[1]} tokens are too short for hidden sinks: use more than {min_queries}")
-    alpha = key_importance_all(subject, ids)  # (L, H, B, N)
+    alpha, memory = _key_importance(subject, ids, None, None, None)  # (L, H, B, N)
     mask = hidden_sinks(alpha, threshold, min_queries)
     rate = mask.any(-1).float().mean(-1).numpy()
     mass = (alpha * mask).sum(-1).mean(-1).numpy()
@@ -94,4 +84,4 @@ def hidden_sink_report(subject, input_ids, threshold: float = HIDDEN_SINK_THRESH
     tokens = subject.to_str_tokens(ids[b, k]) if len(k) else []
     sinks = pd.DataFrame({"sample": b.numpy(), "layer": l.numpy(), "head": h.numpy(), "position": k.numpy(),
                           "token": tokens, "alpha": alpha[l, h, b, k].numpy()})
-    return HiddenSinkReport(rate, mass, sinks)
+    return HiddenSinkReport(rate, mass, sinks, memory)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def key_importance(patterns: torch.Tensor) -> torch.Tensor:
-    """alpha_k = sum_{i>=k} A[i, k] / (T - k): mean attention key k receives from the queries that see it (Gu et al. 2024); (..., B, Nk)."""
+def key_importance(patterns: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """alpha_k = sum_{i>=k} A[i, k] / (T - k): mean attention key k receives from the queries that see it (Gu et al. 2024); (..., B, Nk), summed in ``dtype`` if given."""
     n_q, n_k = patterns.shape[-2:]
     if n_q != n_k:
         raise ValueError("key importance needs full square patterns (all queries)")
-    received = patterns.sum(-2)
-    return received / torch.arange(n_k, 0, -1, dtype=patterns.dtype)
+    received = patterns.sum(-2, dtype=dtype)
+    return received / torch.arange(n_k, 0, -1, dtype=received.dtype, device=received.device)
 
 
 def sink_rate(patterns: torch.Tensor, key: int = 0, epsilon: float = 0.3) -> torch.Tensor:
