@@ -6,6 +6,7 @@ the patterns would not fit; for long contexts use streamed statistics (``capture
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -121,6 +122,15 @@ def _check_fits(subject, need: dict, batch: int, n_tokens: int) -> None:
         )
 
 
+def last_logits_only(subject) -> dict:
+    """Forward kwargs that keep only the last position's logits (HF ``logits_to_keep=1``) when the model supports it.
+
+    A pass that needs no logits would otherwise hold B x N x vocab floats: 2 GB at 2k tokens for gemma3-270m's
+    262k-token vocabulary, more than the attention statistics or patterns it was run for.
+    """
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(subject.model.forward).parameters else {}
+
+
 @torch.no_grad()
 def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, z: bool = False,
             logits: bool = False, rows=None, batch_size: int | None = None, extra_hooks=()) -> Capture:
@@ -147,7 +157,7 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
     with hooks_active(*hooks):
         for start in range(0, ids.shape[0], step):
             part = {k: v[start:start + step] for k, v in batch.items()}
-            out = subject.model(**part, use_cache=False)
+            out = subject.model(**part, use_cache=False, **({} if logits else last_logits_only(subject)))
             if logits:
                 out_logits.append(out.logits.float().cpu())
     mask = batch.get("attention_mask")

@@ -8,13 +8,13 @@ normal output (``capture_stats(..., logits=True)``) and the statistics.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, active_hooks, hooks_active
+from .capture import last_logits_only
 
 
 class StatsRecorder(AttentionHook):
@@ -68,8 +68,8 @@ def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto
     for layer in layers:
         subject.check_head(layer, 0)
     recorder = StatsRecorder(layers, request, backend)
-    if not logits and "logits_to_keep" in inspect.signature(subject.model.forward).parameters:
-        batch = {**batch, "logits_to_keep": 1}  # N x vocab logits would outweigh the statistics at long N
+    if not logits:
+        batch = {**batch, **last_logits_only(subject)}  # N x vocab logits would outweigh the statistics at long N
     with hooks_active(recorder, *extra_hooks):
         out = subject.model(**batch, use_cache=False)
     stats = {}

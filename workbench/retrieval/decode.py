@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError
 from ..interventions import ZeroQuery, apply
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
+from ..patterns import last_logits_only
 
 
 class TopKeyRecorder(AttentionHook):
@@ -74,7 +75,7 @@ def prefill(subject, input_ids: torch.Tensor, mask_heads=()) -> Prefilled:
     ids = subject.as_batch(ids)["input_ids"]
     specs = [ZeroQuery(list(mask_heads))] if mask_heads else []
     with apply(subject, *specs):
-        out = subject.model(input_ids=ids[:, :-1], use_cache=True)
+        out = subject.model(input_ids=ids[:, :-1], use_cache=True, **last_logits_only(subject))  # its logits are unused
     return Prefilled(ids, out.past_key_values)
 
 
