@@ -45,7 +45,9 @@ def test_normalised_depth():
 
 
 def test_counts_shares_and_depth_quartiles(pair):
-    c = compare_atlases(pair)
+    import workbench as wb
+
+    c = wb.compare_atlases(pair)
     assert c.models == ["A", "B"]
     s = c.summary.set_index(["model", "head_type"])
     ind_a = s.loc[("A", "induction")]
