@@ -54,6 +54,14 @@ def main() -> None:
             continue
         lines.append(f"- {a} heads that are also {b}: " + "; ".join(
             f"{m} {int(r.n_both)}/{int(r.n_a)}" for m, r in o.iterrows()))
+    of_type = {m: a.table["layer_type"].value_counts() for m, a in atlases.items()}  # heads per layer type
+    mixed = c.heads["model"].map({m: len(v) > 1 for m, v in of_type.items()})  # models with local and global layers
+    if mixed.any():
+        lines += ["", "## By layer type (models with local and global layers)", ""]
+        split = c.heads[mixed].groupby(["model", "head_type", "layer_type"]).size().unstack(fill_value=0)
+        for (model, head_type), row in split.iterrows():
+            lines.append(f"- {model} {head_type}: " + ", ".join(
+                f"{n} of {of_type[model][lt]} heads in {lt} layers" for lt, n in row.items()))
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     atomic_write_text(out / "comparison.md", text)
