@@ -6,7 +6,6 @@ the patterns would not fit; for long contexts use streamed statistics (``capture
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -124,17 +123,6 @@ def _check_fits(subject, need: dict, batch: int, n_tokens: int) -> None:
         )
 
 
-def logits_kwargs(subject, logits: bool) -> dict:
-    """``logits_to_keep=1`` when the caller does not need the logits (the model then never builds B x N x vocab).
-
-    B x N x vocab floats are 2 GB at 2k tokens for gemma3-270m's 262k-token vocabulary, more than the attention
-    statistics or patterns such a pass is run for.
-    """
-    if logits or "logits_to_keep" not in inspect.signature(subject.model.forward).parameters:
-        return {}
-    return {"logits_to_keep": 1}
-
-
 def query_rows(rows, n_tokens: int) -> torch.Tensor:
     """``rows`` (query positions) as a 1-D long tensor, each a whole number in 0..n_tokens-1; InputError otherwise."""
     values = rows.reshape(-1).tolist() if hasattr(rows, "reshape") else ([rows] if isinstance(rows, int) else list(rows))
@@ -172,7 +160,7 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
     with hooks_active(*hooks):
         for start in range(0, ids.shape[0], step):
             part = {k: v[start:start + step] for k, v in batch.items()}
-            out = subject.model(**part, use_cache=False, **logits_kwargs(subject, logits))
+            out = subject.model(**part, use_cache=False, **subject.logits_kwargs(logits))
             if logits:
                 out_logits.append(out.logits.float().cpu())
     mask = batch.get("attention_mask")

@@ -14,7 +14,6 @@ import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, active_hooks, hooks_active
-from .capture import logits_kwargs
 
 
 class StatsRecorder(AttentionHook):
@@ -68,7 +67,7 @@ def capture_stats(subject, inputs, request, *, layers=None, backend: str = "auto
     for layer in layers:
         subject.check_head(layer, 0)
     recorder = StatsRecorder(layers, request, backend)
-    batch = {**batch, **logits_kwargs(subject, logits)}  # N x vocab logits would outweigh the statistics at long N
+    batch = {**batch, **subject.logits_kwargs(logits)}  # N x vocab logits would outweigh the statistics at long N
     with hooks_active(recorder, *extra_hooks):
         out = subject.model(**batch, use_cache=False)
     stats = {}

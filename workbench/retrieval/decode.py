@@ -16,7 +16,6 @@ import torch
 from ..errors import InputError
 from ..interventions import ZeroQuery, apply
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
-from ..patterns.capture import logits_kwargs
 
 
 class TopKeyRecorder(AttentionHook):
@@ -75,7 +74,7 @@ def prefill(subject, input_ids: torch.Tensor, mask_heads=()) -> Prefilled:
     ids = subject.as_batch(ids)["input_ids"]
     specs = [ZeroQuery(list(mask_heads))] if mask_heads else []
     with apply(subject, *specs):
-        out = subject.model(input_ids=ids[:, :-1], use_cache=True, **logits_kwargs(subject, False))  # its logits are unused
+        out = subject.model(input_ids=ids[:, :-1], use_cache=True, **subject.logits_kwargs(False))  # its logits are unused
     return Prefilled(ids, out.past_key_values)
 
 

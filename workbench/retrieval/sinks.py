@@ -18,7 +18,6 @@ import torch
 
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
-from ..patterns.capture import logits_kwargs
 from ..scores.sinks import key_importance
 
 HIDDEN_SINK_THRESHOLD = 0.1  # ACT's threshold on alpha_k
@@ -48,7 +47,7 @@ def key_importance_all(subject, input_ids, layers=None) -> torch.Tensor:
     layers = list(range(subject.n_layers)) if layers is None else list(layers)
     recorder = KeyImportanceRecorder(layers)
     with hooks_active(recorder):
-        subject.model(input_ids=batch["input_ids"], use_cache=False, **logits_kwargs(subject, False))
+        subject.model(input_ids=batch["input_ids"], use_cache=False, **subject.logits_kwargs(False))
     return torch.stack([recorder.alpha[l].transpose(0, 1) for l in layers])
 
 
