@@ -127,3 +127,27 @@ def test_bad_input(llama):
         capture(llama, "   ")
     with pytest.raises(InputError, match="at most 512"):
         capture(llama, torch.randint(4, 90, (1, 600)))
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_gemma3])
+def test_passes_without_logits_project_only_the_last_position(make):
+    """capture(logits=False), capture_stats and the NIAH prefill skip the N x vocab logits (262k vocab on gemma3)."""
+    from workbench.kernels import AttentionStatsRequest
+    from workbench.patterns import capture_stats
+    from workbench.retrieval.decode import prefill
+
+    subject = make(seed=1)
+    rows = []
+    handle = subject.model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(o.shape[1]))
+    try:
+        ids = torch.randint(4, subject.vocab_size, (2, 11))
+        with_logits = capture(subject, ids, logits=True)
+        without = capture(subject, ids)
+        capture_stats(subject, ids, AttentionStatsRequest(first_k=1))
+        prefill(subject, ids)
+    finally:
+        handle.remove()
+    assert rows == [11, 1, 1, 1]
+    assert with_logits.logits.shape == (2, 11, subject.vocab_size) and without.logits is None
+    for layer in without.patterns:
+        torch.testing.assert_close(without.patterns[layer], with_logits.patterns[layer], rtol=0, atol=0)

@@ -16,6 +16,7 @@ _LAZY = {
     "list_models": ("workbench.models", "list_models"),
     "scan": ("workbench.scanning", "scan"),
     "Atlas": ("workbench.atlas", "Atlas"),
+    "compare_atlases": ("workbench.comparison", "compare_atlases"),
     "capture": ("workbench.patterns", "capture"),
     "WorkbenchError": ("workbench.errors", "WorkbenchError"),
 }
