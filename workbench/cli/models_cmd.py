@@ -16,12 +16,15 @@ def add_parser(sub) -> None:
 def run_models(args) -> int:
     from ..models import DEFAULT_MODEL, describe_cache
     from ..models.cache import home
+    from ..models.registry import LOCAL
 
     print(f"cache: {home() / 'models'}  (set WORKBENCH_HOME to move it)")
     for row in describe_cache():
         state = f"cached ({row['size_mb']} MB)" if row["cached"] else "not cached: `workbench fetch " + row["name"] + "`"
         default = " [default]" if row["name"] == DEFAULT_MODEL else ""
         print(f"  {row['name']:<14}{default:<10} {state}\n      {row['description']}")
+    for spec in LOCAL.values():  # shipped in the repository: nothing to fetch
+        print(f"  {spec.name:<24} shipped ({spec.folder})\n      {spec.description}")
     print("  any local HF folder or hub id (org/name) also loads")
     return 0
 
