@@ -25,9 +25,10 @@ TASKS = ("temporal", "conflict", "retrieval")
 
 
 def one(task: str, seed: int, out: Path, force: bool) -> dict:
+    from workbench.errors import InputError
     from workbench.io import atomic_write_json
     from workbench.models import from_pretrained_folder
-    from workbench.toy.planted import check_detectors
+    from workbench.toy.planted import check_detectors, ground_truth, held_out_items
     from workbench.toy.train import TrainConfig, list_checkpoints, load_config, train
 
     result_path = out / "results" / f"{task}-seed{seed}.json"
@@ -42,12 +43,18 @@ def one(task: str, seed: int, out: Path, force: bool) -> dict:
     step, folder = list_checkpoints(run)[-1]
     subject = from_pretrained_folder(config.name, folder, device="cpu")
     started = time.time()
-    check = check_detectors(subject, seed=0, out=run / "detectors")
-    result = {"task": task, "seed": seed, "steps": step, "train_s": round(train_s, 1),
-              "check_s": round(time.time() - started, 1), "accuracy": check.accuracy,
-              "truth": check.truth.summary(), "detectors": check.table.to_dict("records"),
-              "attention": np.round(check.truth.attention, 4).tolist(),
-              "scores": {k: np.round(v, 4).tolist() for k, v in check.scores.items()}}
+    result = {"task": task, "seed": seed, "steps": step, "train_s": round(train_s, 1)}
+    try:
+        check = check_detectors(subject, seed=0, out=run / "detectors")
+    except InputError as err:  # the mechanism did not form in this run: record it, do not score detectors
+        truth = ground_truth(subject, held_out_items(subject))
+        result.update(formed=False, reason=str(err), accuracy=truth.intact, truth=truth.summary(),
+                      attention=np.round(truth.attention, 4).tolist())
+    else:
+        result.update(formed=True, check_s=round(time.time() - started, 1), accuracy=check.accuracy,
+                      truth=check.truth.summary(), detectors=check.table.to_dict("records"),
+                      attention=np.round(check.truth.attention, 4).tolist(),
+                      scores={k: np.round(v, 4).tolist() for k, v in check.scores.items()})
     atomic_write_json(result_path, result)
     return result
 
@@ -65,21 +72,23 @@ def summary(results: list[dict]) -> str:
                   f"GT zeroed: {mech} / {ctrl} accuracy |", "| --- | --- | --- | --- |"]
         for r in rs:
             t = r["truth"]
-            att = ", ".join(f"{h} {a:.2f}" for h, a in t["attention"].items())
+            att = ", ".join(f"{h} {a:.2f}" for h, a in t["attention"].items()) or "none: the mechanism did not form"
             lines.append(f"| {r['seed']} | {r['accuracy'][mech]:.3f} / {r['accuracy'][ctrl]:.3f} | {att} | "
                          f"{t['ablated'][mech]:.3f} / {t['ablated'][ctrl]:.3f} |")
         lines += ["", f"| detector | seed | top-k | precision | recall | drop {mech} / {ctrl} (top-k) | "
                   f"drop {mech} / {ctrl} (random, mean) |", "| --- | --- | --- | --- | --- | --- | --- |"]
         rows = []
         for r in rs:
-            for d in r["detectors"]:
+            for d in r.get("detectors", []):
                 rows.append({**d, "seed": r["seed"]})
                 lines.append(f"| {d['detector']} | {r['seed']} | {d['top']} | {d['precision']:.2f} | "
                              f"{d['recall']:.2f} | {d[f'drop_{mech}']:.3f} / {d[f'drop_{ctrl}']:.3f} | "
                              f"{d[f'random_drop_{mech}']:.3f} / {d[f'random_drop_{ctrl}']:.3f} |")
-        means = pd.DataFrame(rows).groupby("detector", sort=False)[["precision", "recall"]].mean()
-        lines += ["", "mean over seeds: " + "; ".join(f"{name} P {m['precision']:.2f} R {m['recall']:.2f}"
-                                                     for name, m in means.iterrows()), ""]
+        if rows:
+            means = pd.DataFrame(rows).groupby("detector", sort=False)[["precision", "recall"]].mean()
+            lines += ["", "mean over seeds: " + "; ".join(f"{name} P {m['precision']:.2f} R {m['recall']:.2f}"
+                                                         for name, m in means.iterrows())]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -96,8 +105,8 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             results.append(one(task, seed, out, args.force))
             r = results[-1]
-            print(f"{task} seed {seed}: accuracy {r['accuracy']}, truth {r['truth']['heads']}, "
-                  f"train {r['train_s']} s, check {r['check_s']} s", flush=True)
+            print(f"{task} seed {seed}: accuracy {r['accuracy']}, truth {r['truth']['heads'] or 'none'}, "
+                  f"train {r['train_s']} s", flush=True)
     text = summary(results)
     (out / "summary.md").write_text(text + "\n")
     print(text)

@@ -109,7 +109,7 @@ LOCAL: dict[str, LocalSpec] = {
             name="toy-conflict-2l",
             description="2-layer toy transformer (4 heads x 16 dims, MLP 128) with planted context heads: memorised "
                         "facts vs a contradicting context under a MEM/CTX cue (PH3 / JUICE; data/toy/)",
-            folder="data/toy/toy-conflict-2l/checkpoints/step-0002500",
+            folder="data/toy/toy-conflict-2l/checkpoints/step-0003000",
             module="workbench.toy",
             weights_note="trained by `workbench train --config data/toy/toy-conflict-2l.toml` (seed 0, CPU)",
             tags=("toy", "planted"),
@@ -118,7 +118,7 @@ LOCAL: dict[str, LocalSpec] = {
             name="toy-retrieval-2l",
             description="2-layer attention-only toy transformer (4 heads x 16 dims) with planted retrieval heads: "
                         "a key-value store in context, queried later (NIAH in miniature; data/toy/)",
-            folder="data/toy/toy-retrieval-2l/checkpoints/step-0001500",
+            folder="data/toy/toy-retrieval-2l/checkpoints/step-0002500",
             module="workbench.toy",
             weights_note="trained by `workbench train --config data/toy/toy-retrieval-2l.toml` (seed 0, CPU)",
             tags=("toy", "planted", "attention-only"),

@@ -124,11 +124,12 @@ def check_detectors(subject, data: dict | None = None, k: int | None = None, n_r
     data = run_data(data if data is not None else subject)
     items = world(data).all_test_items(seed)
     truth = ground_truth(subject, items)
-    scores = detector_scores(subject, data, seed, out)
     k = k or len(truth.heads)
     if k < 1:
         raise InputError(f"no ground-truth heads in this model (attention map max "
-                         f"{np.nanmax(truth.attention):.2f}): train it longer, or give k")
+                         f"{np.nanmax(truth.attention):.2f}, held-out accuracy {truth.intact}): the mechanism has "
+                         "not formed; train it longer, or give k")
+    scores = detector_scores(subject, data, seed, out)
     mech, ctrl = truth.mechanism, truth.control
     rows = []
     for name in DETECTORS[data["kind"]]:
