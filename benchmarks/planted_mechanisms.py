@@ -5,7 +5,7 @@ For each task (temporal, conflict, retrieval) and training seed: train ``data/to
 ground-truth heads, each detector's top-k precision / recall and the ablation contrast (its top-k vs random heads).
 One JSON per (task, seed) under OUT/results, and a Markdown summary printed and written to OUT/summary.md.
 
-    nice -n 5 python benchmarks/planted_mechanisms.py --seeds 0 1 2 --out runs/planted
+    nice -n 5 python benchmarks/planted_mechanisms.py --seeds 0 1 2 --out runs/planted [--ship]
 
 Seeds run one after another (the machine is shared); a finished (task, seed) is skipped unless --force.
 """
@@ -59,6 +59,23 @@ def one(task: str, seed: int, out: Path, force: bool) -> dict:
     return result
 
 
+def ship(task: str, out: Path) -> Path:
+    """Copy the seed-0 run into data/toy/<name>/ as shipped: the run's tables, the tokenizer and only the final
+    checkpoint, without optimizer state (what ``wb.load(name)`` and ``workbench trajectory`` read)."""
+    import shutil
+
+    from workbench.toy.train import OPTIMIZER_FILE, list_checkpoints
+
+    name = f"toy-{task}-2l"
+    run, dest = out / f"{name}-seed0", ROOT / "data" / "toy" / name
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("detectors", "checkpoints"))
+    step, folder = list_checkpoints(run)[-1]
+    final = dest / "checkpoints" / folder.name
+    shutil.copytree(folder, final, ignore=shutil.ignore_patterns(OPTIMIZER_FILE))
+    return dest
+
+
 def summary(results: list[dict]) -> str:
     """Markdown tables: per task, accuracy and ground truth per seed, then per detector P/R and ablation contrast."""
     lines = []
@@ -98,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--out", default="runs/planted")
     p.add_argument("--force", action="store_true", help="recompute finished (task, seed) results")
+    p.add_argument("--ship", action="store_true", help="copy each task's seed-0 run into data/toy/ (shipped models)")
     args = p.parse_args(argv)
     out = Path(args.out)
     results = []
@@ -107,6 +125,9 @@ def main(argv=None) -> int:
             r = results[-1]
             print(f"{task} seed {seed}: accuracy {r['accuracy']}, truth {r['truth']['heads'] or 'none'}, "
                   f"train {r['train_s']} s", flush=True)
+    if args.ship:
+        for task in args.tasks:
+            print(f"shipped {ship(task, out)}")
     text = summary(results)
     (out / "summary.md").write_text(text + "\n")
     print(text)

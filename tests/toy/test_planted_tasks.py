@@ -40,7 +40,8 @@ def test_temporal_tasks_score_the_answer_of_each_held_out_item():
     temporal = items.of("temporal")
     assert task.name == "temporal" and task.n_total == len(temporal) == 8 and task.default_metric == "answer_logprob"
     b = task.batch
-    assert torch.equal(b.input_ids, temporal.input_ids[:, :-1]) and (b.target_pos[:, 0] == temporal.prompt_len - 1).all()
+    assert torch.equal(b.input_ids, temporal.input_ids[:, :-1])
+    assert (b.target_pos[:, 0] == temporal.prompt_len - 1).all()
     assert torch.equal(b.target_ids[:, 0], temporal.input_ids[:, -1])
     logits = subject.model(input_ids=b.input_ids).logits
     want = logits[:, -1].log_softmax(-1).gather(1, b.target_ids)[:, 0]

@@ -32,6 +32,7 @@ from ...errors import InputError
 from ...interventions import activation_patching
 from ...interventions.memory_context import head_contributions
 from ...retrieval import run_niah, top_heads
+from ...scanning import scan
 from ...sweeps import run_sweep
 from ...sweeps.report import effect_matrix
 from .tasks import correct, needle_tests, planted_task, run_data
@@ -45,7 +46,7 @@ DETECTORS = {"temporal_facts": ("sweep_contrast", "patching", "sweep"),
 
 
 def _sweep_drop(subject, task, out: Path) -> np.ndarray:
-    """(L, H) drop of the task's answer log-probability when each head alone is zeroed (a resumable sweep in ``out``)."""
+    """(L, H) drop of the task's answer log-probability when each head alone is zeroed (a resumable sweep in out)."""
     df = run_sweep(subject, task, out, intervention="zero", metrics=["answer_logprob"], resume=True)
     return -effect_matrix(df, subject.n_layers, subject.n_heads, "answer_logprob")
 
@@ -72,7 +73,7 @@ def _year_patching(subject, w, items) -> np.ndarray:
 
 
 def detector_scores(subject, data: dict | None = None, seed: int = 0, out: str | Path | None = None) -> dict:
-    """{detector: (L, H) score} of every detector for the run's world (sweeps written under ``out``, else a temp dir)."""
+    """{detector: (L, H) score} of every detector for the run's world (sweeps written under out, else a temp dir)."""
     data = run_data(data if data is not None else subject)
     w = world(data)
     items = w.all_test_items(seed)
@@ -88,12 +89,10 @@ def detector_scores(subject, data: dict | None = None, seed: int = 0, out: str |
         if kind == "conflict_facts":
             batch = planted_task(subject, "knowledge_conflict", data, seed).batch
             return {m: -np.nanmean(head_contributions(subject, batch, m), 0) for m in ("attribution", "zero")}
-        from ...scanning import scan
-
         run = run_niah(subject, needle_tests(items), max_new_tokens=items.answer_len, batch_size=64)
         return {"retrieval": run.retrieval_scores(),
                 "sweep": _sweep_drop(subject, planted_task(subject, "kv_retrieval", data, seed), root / "sweep-kv"),
-                "induction": scan(subject, ["induction"], seed=seed,  # 50 random tokens x 2, fewer in small vocabularies
+                "induction": scan(subject, ["induction"], seed=seed,  # 50 tokens x 2; fewer in small vocabularies
                                   settings={"seq_len": min(50, subject.vocab_size // 2)}).matrix("induction")}
 
 

@@ -26,6 +26,7 @@ def _planted(subject, ctx):
 
 register(Detector("planted", {"planted_attention": Column(
     "mean attention from each answer position to the token the planted mechanism reads there (temporal facts: the "
-    "IN year, or a position a lower-layer head copied it into; conflict facts: the context's attribute of the queried entity, CTX-cued items; kv retrieval: the "
-    "stored value token being produced), over the world's held-out items", "METHODS.md s13 (planted mechanisms)",
-    "[0, 1]")}, _planted, "the planted mechanism's attention (planted toy runs only)"))
+    "IN year, or a position a lower-layer head copied it into; conflict facts: the context's attribute of the "
+    "queried entity, CTX-cued items; kv retrieval: the stored value token being produced), over the world's "
+    "held-out items", "METHODS.md s13 (planted mechanisms)", "[0, 1]")},
+    _planted, "the planted mechanism's attention (planted toy runs only)"))

@@ -24,8 +24,8 @@ from ...errors import InputError
 from ...stimuli.niah import Needle, NeedleTest
 from ...tasks.base import Task, TaskBatch, metric_values
 from ...tasks.metrics import METRICS
-from ..tokenizer import word
-from .worlds import N_SPECIAL, PlantedItems, world
+from ..tokenizer import N_SPECIAL, word
+from .worlds import PlantedItems, world
 
 TASKS = {"temporal": ("temporal_facts", "temporal"), "temporal_invariant": ("temporal_facts", "invariant"),
          "knowledge_conflict": ("conflict_facts", None), "kv_retrieval": ("kv_retrieval", "retrieval"),

@@ -458,7 +458,8 @@ class RetrievalWorld:
         groups = np.where(closed, "closed", "retrieval")
         meta = [{"group": str(g), "slot": int(s), "depth": float(100 * s / max(1, p - 1))}
                 for g, s in zip(groups, slot)]
-        return PlantedItems(self.kind, ids, self.prompt_len, groups, torch.as_tensor(source), torch.full((n,), -1), meta)
+        return PlantedItems(self.kind, ids, self.prompt_len, groups, torch.as_tensor(source), torch.full((n,), -1),
+                            meta)
 
     def all_test_items(self, seed: int = 0, n: int = 128, p_closed: float = 0.25) -> PlantedItems:
         """``n`` held-out stores (a seeded stream the training batches never use)."""
