@@ -25,11 +25,33 @@ from .stimuli import random_token_ids, repeated_random_tokens
 
 @dataclass(frozen=True)
 class Column:
-    """What an Atlas column means: one-line definition, source, range."""
+    """What an Atlas column means: one-line definition, source, range; ``detail`` writes the settings a scan
+    actually used (from ``ScanContext.stimuli[stimulus]``) into the definition."""
 
     definition: str
     source: str
     range: str
+    stimulus: str = ""
+    detail: Callable[[dict], str] | None = None
+
+    def describe(self, stimuli: dict) -> str:
+        """The definition, with the stimulus settings actually used in brackets when known."""
+        used = stimuli.get(self.stimulus)
+        return self.definition if self.detail is None or not used else f"{self.definition} ({self.detail(used)})"
+
+
+def _repeat_detail(s: dict) -> str:
+    return (f"{'BOS + ' if s.get('bos') else ''}{s['seq_len']} random tokens x {s['n_repeats']}, batch {s['batch']}, "
+            f"seed {s['seed']}")
+
+
+def _copying_detail(s: dict) -> str:
+    return f"last {s['n_queries']} queries of {s['batch']} repeated-token sequences, BOS excluded"
+
+
+def _sink_detail(s: dict) -> str:
+    what = "paragraphs of a text file" if s["kind"] == "text" else "random tokens"
+    return f"{s['batch']} prompts of {s['tokens']} tokens starting with BOS: {what}"
 
 
 @dataclass
@@ -186,7 +208,7 @@ def _copying(subject, ctx):
     queries = torch.arange(ids.shape[1] - n_queries, ids.shape[1])
     mode = _capture_mode(subject, ctx, *ids.shape)
     ctx.stimuli["copying"] = {"kind": "repeated_random_tokens (first sequences)", "batch": int(ids.shape[0]),
-                              "queries": f"last {n_queries} positions", "capture": mode}
+                              "queries": f"last {n_queries} positions", "n_queries": n_queries, "capture": mode}
     if mode == "exact":
         cap = capture(subject, ids, z=True, rows=queries)
         rows, z = {layer: p.transpose(0, 1) for layer, p in cap.patterns.items()}, cap.z
@@ -211,7 +233,7 @@ def _sink(subject, ctx):
     def build():
         texts = s.get("sink_texts")
         if texts:
-            ids = [subject.encode(t, prepend_bos=True)[:n_tokens] for t in texts[:batch]]
+            ids = [subject.encode(t, prepend_bos=True, max_tokens=n_tokens) for t in texts[:batch]]  # long ones cut
             width = min(len(i) for i in ids)
             ids = torch.stack([i[:width] for i in ids])
             ctx.stimuli["sink"] = {"kind": "text", "tokens": width, "batch": len(ids), "bos": True}
@@ -230,22 +252,25 @@ def _sink(subject, ctx):
 for _det in (
     Detector("previous_token", {"previous_token": Column(
         "mean attention A[i, i-1] over queries i >= 1 on repeated random tokens",
-        "Olsson et al. 2022; TransformerLens head_detector 'previous_token_head'", "[0, 1]")}, _previous_token),
+        "Olsson et al. 2022; TransformerLens head_detector 'previous_token_head'", "[0, 1]",
+        "repeated_random_tokens", _repeat_detail)}, _previous_token),
     Detector("duplicate_token", {"duplicate_token": Column(
         "mean attention mass on earlier copies of the query's token, over queries that have one",
-        "Wang et al. 2022 (IOI); METHODS.md s1", "[0, 1]")}, _duplicate_token),
+        "Wang et al. 2022 (IOI); METHODS.md s1", "[0, 1]", "repeated_random_tokens", _repeat_detail)}, _duplicate_token),
     Detector("induction", {"induction": Column(
-        "prefix matching: mean attention from later-repeat tokens to the key after their previous occurrence "
-        "(BOS + 50 random tokens x 2, batch 10)", "Olsson et al. 2022; ARENA (heads > 0.3 called induction heads)",
-        "[0, 1]")}, _induction),
+        "prefix matching: mean attention from later-repeat tokens to the key after their previous occurrence",
+        "Olsson et al. 2022; ARENA (heads > 0.3 called induction heads)", "[0, 1]",
+        "repeated_random_tokens", _repeat_detail)}, _induction),
     Detector("copying", {"copying": Column(
-        "2*share-1, share = attention-weighted share of the head's ReLU'd, vocab-centred direct logit raise on the "
-        "context's tokens that goes to the attended ones (last 12 queries of 4 repeated-token sequences, BOS excluded)",
-        "Olsson et al. 2022 (copying); affine map ours, see scores/copying.py", "[-1, 1]")}, _copying),
+        "percentile score 2*p-1: attention-weighted percentile p, within the vocabulary, of the attended tokens' "
+        "direct logits (top 8 attended keys per query)",
+        "after Olsson et al. 2022 (copying); deviation in scores/copying.py", "[-1, 1]", "copying", _copying_detail)},
+        _copying),
     Detector("sink", {
-        "sink_rate": Column("share of samples with alpha_0 > 0.3, alpha_k = sum_{i>=k} A[i,k] / (T-k) "
-                            "(64-token prompts starting with BOS)", "Gu et al. 2024, Sink_1^eps, eps = 0.3", "[0, 1]"),
-        "sink_mass": Column("mean over samples of alpha_0, the first token's importance", "Gu et al. 2024", "[0, 1]"),
+        "sink_rate": Column("share of samples with alpha_0 > 0.3, alpha_k = sum_{i>=k} A[i,k] / (T-k)",
+                            "Gu et al. 2024, Sink_1^eps, eps = 0.3", "[0, 1]", "sink", _sink_detail),
+        "sink_mass": Column("mean over samples of alpha_0, the first token's importance", "Gu et al. 2024", "[0, 1]",
+                            "sink", _sink_detail),
     }, _sink),
 ):
     register(_det)

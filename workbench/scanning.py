@@ -34,7 +34,8 @@ def scan(subject, detectors=DEFAULT_DETECTORS, seed: int = 0, settings: dict | N
         t0 = time.time()
         for name, values in det.compute(subject, ctx).items():
             col = det.columns[name]
-            atlas = atlas.with_scores(name, values, definition=col.definition, source=col.source, range=col.range)
+            atlas = atlas.with_scores(name, values, definition=col.describe(ctx.stimuli), source=col.source,
+                                      range=col.range)
         timings[det.name] = round(time.time() - t0, 2)
     return atlas.with_meta(detectors=[d.name for d in chosen], stimuli=ctx.stimuli, settings=ctx.settings,
                            detector_seconds=timings, wall_time_s=round(time.time() - started, 2),

@@ -75,7 +75,7 @@ def test_niah_command(smollm2, tmp_path, capsys):
     assert code == 0
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and {r["condition"] for r in rows} == {"intact", "masked"}
-    assert (out / "niah.html").is_file() and json.loads((out / "settings.json").read_text())["niah_lengths"] == [128]
+    assert (out / "niah.html").is_file() and json.loads((out / "niah.json").read_text())["settings"]["grid"]["lengths"] == [128]
     assert "NIAH accuracy" in capsys.readouterr().out
     assert main(["niah", "--lengths", "999999", "--out", str(out)]) == 2
     assert "context lengths must lie" in capsys.readouterr().err

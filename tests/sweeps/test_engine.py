@@ -101,5 +101,6 @@ def test_baseline_equals_plain_forward(llama):
 def test_cell_names_round_trip():
     assert parse_heads("L3H1+l2h0") == ((2, 0), (3, 1))
     assert cell_name(((3, 1), (2, 0))) == "L2H0+L3H1"
-    with pytest.raises(InputError, match="L<layer>H<head>"):
-        parse_heads("3.1")
+    assert parse_heads("3.1+L4H2") == ((3, 1), (4, 2))  # the package's one head syntax (workbench.inputs)
+    with pytest.raises(InputError, match="L18H6"):
+        parse_heads("L3")

@@ -96,11 +96,16 @@ def test_sweep_folder_format(swept):
     assert set(meta["baseline"]) == {"loss", "accuracy"}
     assert list(df.columns) == COLUMNS
     assert len(df) == 2 * subject.n_layers * subject.n_heads
-    parts = sorted((out / "parts").glob("part-*.parquet"))
-    assert len(parts) == subject.n_layers * subject.n_heads
-    one = pd.read_parquet(out / "parts" / "part-mean-L1H2.parquet")
-    assert list(one["metric"]) == ["loss", "accuracy"] and (one["heads"] == "L1H2").all()
+    raw = _raw_rows(out)  # parts hold chunks of cells, every row tagged with the manifest's settings hash
+    assert (raw["settings_hash"] == meta["settings_hash"]).all() and len(raw) == len(df)
+    one = raw[raw["heads"] == "L1H2"]
+    assert list(one["metric"]) == ["loss", "accuracy"]
     np.testing.assert_allclose(df["effect"], df["value"] - df["baseline"])
+    per_prompt = np.stack(df["prompt_values"])  # the per-prompt values behind each mean and SEM
+    assert per_prompt.shape == (len(df), 6)
+    np.testing.assert_allclose(per_prompt.mean(1), df["value"])
+    np.testing.assert_allclose(per_prompt.std(1, ddof=1) / np.sqrt(6), df["sem"])
+    np.testing.assert_allclose(np.mean(meta["baseline_prompt_values"]["loss"]), meta["baseline"]["loss"])
     m = effect_matrix(df, subject.n_layers, subject.n_heads, "loss")
     assert m[1, 2] == pytest.approx(float(one.loc[one.metric == "loss", "effect"].iloc[0]))
     top = top_cells(df, 3, "loss")

@@ -220,7 +220,7 @@ def sweep(subject, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sweep") / "full"
     task = induction_task(subject, n_prompts=2, seq_len=6, filter=False)
-    run_sweep(subject, task, out, cells=single_heads(subject) + layer_groups(subject, [1]))
+    run_sweep(subject, task, out, cells=single_heads(subject) + layer_groups(subject, [1]), chunk_cells=1)  # a part per cell
     return out
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ..errors import InputError
-from .pattern_cmd import parse_head
+from . import validate
 
 
 def _numbers(kind):
@@ -19,30 +17,23 @@ def _numbers(kind):
     return parse
 
 
-def _heads(text: str) -> list[tuple[int, int]]:
-    """'L17H3,L18H6' or '17.3,18.6' -> [(17, 3), (18, 6)]."""
-    try:
-        return [parse_head(x) for x in text.replace(" ", "").split(",") if x]
-    except InputError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def add_parser(sub) -> None:
     from ..models import DEFAULT_MODEL
 
     p = sub.add_parser("niah", help="needle-in-a-haystack accuracy grid and retrieval heads (Wu et al. 2024)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered name, local HF folder or hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, type=validate.model, help=f"registered name, local HF folder or hub id (default {DEFAULT_MODEL})")
     p.add_argument("--lengths", type=_numbers(int), default=[256, 512, 1024], help="context lengths in tokens (default 256,512,1024)")
     p.add_argument("--depths", type=_numbers(float), default=[0, 25, 50, 75, 100], help="needle depths in %% (default 0,25,50,75,100)")
-    p.add_argument("--needles", type=int, default=3, help="seeded needles per (length, depth) (default 3)")
-    p.add_argument("--haystack", default="noise", help="'noise' (RULER), 'random' (seeded words/numbers) or a text file (default noise)")
-    p.add_argument("--mask-heads", type=_heads, default=None,
+    p.add_argument("--needles", type=validate.count(1), default=3, help="seeded needles per (length, depth) (default 3)")
+    p.add_argument("--haystack", default="noise", type=validate.file_or("noise", "random"), help="'noise' (RULER), 'random' (seeded words/numbers) or a text file (default noise)")
+    p.add_argument("--mask-heads", type=validate.heads, default=None,
                    help="heads to mask by query zeroing, e.g. L17H3,L18H6: also runs the grid with them masked")
-    p.add_argument("--max-new-tokens", type=int, default=50, help="greedy tokens per answer (default 50, as Wu et al.)")
-    p.add_argument("--batch", type=int, default=8, help="prompts per forward pass (default 8)")
+    p.add_argument("--max-new-tokens", type=validate.count(1), default=50, help="greedy tokens per answer (default 50, as Wu et al.)")
+    p.add_argument("--batch", type=validate.count(1), default=8, help="prompts per forward pass (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of needles and haystack (default 0)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: the GPU when present)")
-    p.add_argument("--out", default=None, help="output folder (default runs/<model>/niah)")
+    p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
+    p.add_argument("--out", default=None, type=validate.output_folder, help="output folder (default runs/<model>/niah); a used one needs --resume")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings), skipping answered tests")
     p.set_defaults(func=run)
 
 
@@ -51,9 +42,8 @@ def run(args) -> int:
 
     from .. import load
     from ..atlas import Atlas
-    from ..io import atomic_write_json, atomic_write_text
     from ..retrieval.figures import accuracy_grid_figure, retrieval_heatmap
-    from ..retrieval.niah import run_conditions
+    from ..retrieval.niah_folder import ANSWERS, run_niah_grid
     from ..retrieval.scoring import RETRIEVAL_THRESHOLD
     from ..stimuli.niah import niah_grid
     from ..viz import top_table, write_report
@@ -61,19 +51,12 @@ def run(args) -> int:
     started = time.time()
     subject = load(args.model, device=args.device)
     grid = niah_grid(subject, args.lengths, args.depths, n_needles=args.needles, haystack=args.haystack, seed=args.seed)
-    out = Path(args.out or Path("runs") / subject.name / "niah")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or validate.at_run(validate.output_folder, str(Path("runs") / subject.name / "niah"), "--out"))
     conditions = {"intact": []}
     if args.mask_heads:
         conditions["masked"] = args.mask_heads
-    rows: list[dict] = []
-
-    def keep(name, row):  # every answer is on disk as soon as it is known
-        rows.append(row)
-        atomic_write_text(out / "answers.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-    runs = run_conditions(subject, grid.tests, conditions, record=["intact"], max_new_tokens=args.max_new_tokens,
-                          batch_size=args.batch, on_result=keep)
+    runs = run_niah_grid(subject, grid, out, conditions, record=["intact"], resume=args.resume,
+                         max_new_tokens=args.max_new_tokens, batch_size=args.batch)
     intact = runs["intact"]
     meta = {**subject.facts(), **{f"niah_{k}": v for k, v in grid.settings.items()}, **intact.settings,
             "accuracy": {name: run.accuracy for name, run in runs.items()}}
@@ -97,7 +80,6 @@ def run(args) -> int:
               + ", ".join(f"L{r['layer']}H{r['head']} {r['retrieval']:.2f}" for _, r in top.head(5).iterrows()))
     else:
         print("  no test answered correctly: no retrieval scores (use shorter contexts or another haystack)")
-    atomic_write_json(out / "settings.json", meta)
     html = write_report(out / "niah.html", f"NIAH: {subject.name}", sections, meta)
-    print(f"answers: {out / 'answers.jsonl'}\nreport: {html}\n({time.time() - started:.1f} s)")
+    print(f"answers: {out / ANSWERS}\nreport: {html}\n({time.time() - started:.1f} s)")
     return 0

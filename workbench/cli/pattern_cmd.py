@@ -5,27 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-
-
-def parse_head(text: str) -> tuple[int, int]:
-    """'18.6', 'L18H6' or '18,6' -> (18, 6)."""
-    cleaned = text.upper().replace("L", "").replace("H", ".").replace(",", ".")
-    parts = [p for p in cleaned.split(".") if p]
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise InputError(f"cannot read head {text!r}: write LAYER.HEAD, e.g. 18.6 or L18H6")
-    return int(parts[0]), int(parts[1])
+from ..inputs import parse_head  # noqa: F401  (re-exported: the one head parser lives in workbench.inputs)
+from . import validate
 
 
 def add_parser(sub) -> None:
     from ..models import DEFAULT_MODEL
 
     p = sub.add_parser("pattern", help="plot heads' attention patterns on a prompt (HTML)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=DEFAULT_MODEL, type=validate.model,
+                   help=f"registered name, local HF folder or hub id (default {DEFAULT_MODEL})")
     p.add_argument("--prompt", help="the text to run")
-    p.add_argument("--prompt-file", help="read the prompt from a file")
-    p.add_argument("--head", action="append", required=True, type=parse_head, help="LAYER.HEAD; repeat for several")
-    p.add_argument("--out", default="pattern.html", help="HTML file to write (default pattern.html)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--prompt-file", type=validate.input_file, help="read the prompt from a UTF-8 text file")
+    p.add_argument("--head", action="append", required=True, type=validate.head,
+                   help="LAYER.HEAD or LxHy, e.g. 18.6 or L18H6; repeat for several")
+    p.add_argument("--out", default="pattern.html", type=validate.output_file, help="HTML file to write (default pattern.html)")
+    p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
     p.set_defaults(func=run)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import validate
+
 
 def add_parser(sub) -> None:
     from ..models import DEFAULT_MODEL
@@ -9,23 +11,23 @@ def add_parser(sub) -> None:
     from ..tasks import METRICS, TASKS
 
     p = sub.add_parser("sweep", help="ablate heads on a task and record the metric per cell (resumable)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registered name, local HF folder or hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, type=validate.model, help=f"registered name, local HF folder or hub id (default {DEFAULT_MODEL})")
     p.add_argument("--task", required=True, choices=sorted(TASKS), help="task whose kept prompts are scored")
     p.add_argument("--intervention", default="zero", choices=sorted(ABLATIONS), help="what happens to a cell's heads (default zero)")
     p.add_argument("--metric", default=None, help=f"comma-separated, from: {', '.join(METRICS)} (default: the task's)")
-    p.add_argument("--out", required=True, help="sweep folder (sweep.json + parts/*.parquet + sweep.html)")
+    p.add_argument("--out", required=True, type=validate.output_folder, help="sweep folder (sweep.json + parts/*.parquet + sweep.html)")
     p.add_argument("--resume", action="store_true", help="continue a sweep in --out, skipping finished cells")
-    p.add_argument("--heads", nargs="+", default=None, metavar="LxHy",
+    p.add_argument("--heads", nargs="+", default=None, type=validate.head_group, metavar="LxHy",
                    help="cells to sweep, e.g. L17H3 L18H6 L17H3+L18H6 (default: every head, or every layer / KV group / pair per --cells)")
     p.add_argument("--cells", default="heads", choices=("heads", "layers", "kv-groups", "pairs"),
                    help="heads: one cell per head; layers / kv-groups: all heads of a layer / KV group together; "
                         "pairs: every pair of the --heads given (default heads)")
-    p.add_argument("--prompts", type=int, default=64, help="induction: repeated-token prompts (default 64)")
-    p.add_argument("--seq-len", type=int, default=128, help="induction: random tokens per repeat (default 128)")
+    p.add_argument("--prompts", type=validate.count(1), default=64, help="induction: repeated-token prompts (default 64)")
+    p.add_argument("--seq-len", type=validate.count(2), default=128, help="induction: random tokens per repeat (default 128)")
     p.add_argument("--no-filter", action="store_true", help="keep the items the model gets wrong too")
     p.add_argument("--seed", type=int, default=0, help="stimulus and resample seed (default 0)")
-    p.add_argument("--max-rows", type=int, default=None, help="rows per forward pass (default: from free memory)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: the GPU when present)")
+    p.add_argument("--max-rows", type=validate.count(1), default=None, help="rows per forward pass (default: from free memory)")
+    p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
     p.set_defaults(func=run)
 
 

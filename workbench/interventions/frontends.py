@@ -4,14 +4,19 @@
 these translations are for users who drive the other tools directly and want the same numbers:
 
 - TransformerLens (``subject.bridge``): head-output specs edit ``blocks.{l}.attn.hook_z`` (B, N, H, D);
-  ``ZeroQuery`` zeroes the head's slice of ``hook_rot_q`` (B, N, H, D; post-RoPE, as the hook point does);
+  ``ZeroQuery`` zeroes the head's slice of ``hook_rot_q`` (B, N, H, D; post-RoPE, as the hook point does) on
+  fully rotary models, and of ``hook_q`` (before any rotation; rotation maps 0 to 0) on models with learned
+  or partial rotary positions, whose bridge does not run ``hook_rot_q``;
   key knock-out / rescaling edit ``hook_pattern`` (B, H, Nq, Nk): the chosen keys' weights are multiplied
   by 0 / the factor and each row renormalised, which equals adding -inf / log(factor) to their scores
   before the softmax; a row left with no weight becomes 0, as in the workbench hook.
-- nnsight (``subject.nn``): head-output specs write the head's slice ``[h*D:(h+1)*D]`` of ``o_proj``'s
-  input (z before o_proj, never o_proj's output); ``ZeroQuery`` zeroes the head's slice of ``q_proj``'s
-  output (exact for Llama/Gemma-style attention: RoPE and q-norm map 0 to 0). Key edits act on
-  post-softmax internals no module exposes: wrap the trace in ``apply(subject, spec)`` for those.
+- nnsight (``subject.nn``): head-output specs write the head's slice ``[h*D:(h+1)*D]`` of the output
+  projection's input (z before ``o_proj`` / ``c_proj`` / ``dense`` / ``out_proj``, as the architecture names
+  it; never the projection's output); ``ZeroQuery`` zeroes the head's query slice of the architecture's
+  query source (``q_proj``, a fused ``c_attn`` / ``qkv_proj`` / ``query_key_value``, or OLMo 2's full-width
+  ``q_norm``), found at load by checking that zeroing it zeroes exactly that head's query (RoPE and a
+  per-head q-norm map 0 to 0). Key edits act on post-softmax internals no module exposes: wrap the trace
+  in ``apply(subject, spec)`` for those.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import contextlib
 import torch
 
 from ..errors import InputError
+from ..models.architecture import query_slice, resolve
 from .hook import expand_heads
-from .specs import AddToHead, KnockOutKeys, ReplaceHead, ScaleHead, ScaleKeys, ZeroHead, ZeroQuery, ZeroValue
+from .specs import (AddToHead, KnockOutKeys, ReplaceHead, ScaleHead, ScaleKeys, ZeroHead, ZeroQuery, ZeroValue,
+                    key_positions)
 
 Z_SPECS = (ZeroHead, ZeroValue, ScaleHead, ReplaceHead, AddToHead)
 
@@ -75,15 +82,16 @@ def edit_head_z(spec, key, z: torch.Tensor) -> torch.Tensor:
 def tl_hooks(subject, *specs) -> list[tuple[str, callable]]:
     """TransformerLens ``fwd_hooks`` [(hook name, fn)] that apply ``specs`` to ``subject.bridge`` (same numbers as ``apply``)."""
     hooks = []
+    query_hook = "hook_rot_q" if subject.arch.positional == "rope" else "hook_q"
     for spec in specs:
         heads = expand_heads(subject, spec)
         _check_values(spec, heads)
         for layer, head in heads:
-            hooks.append(_tl_hook(spec, layer, head))
+            hooks.append(_tl_hook(spec, layer, head, query_hook))
     return hooks
 
 
-def _tl_hook(spec, layer: int, head: int):
+def _tl_hook(spec, layer: int, head: int, query_hook: str):
     key = (layer, head)
     if isinstance(spec, Z_SPECS):
         def fn(z, hook):  # (B, N, H, D)
@@ -92,19 +100,16 @@ def _tl_hook(spec, layer: int, head: int):
             return z
         return f"blocks.{layer}.attn.hook_z", fn
     if isinstance(spec, ZeroQuery):
-        def fn(q, hook):  # (B, N, H, D), RoPE applied
+        def fn(q, hook):  # (B, N, H, D)
             q = q.clone()
             q[_rows(spec, q.shape[0]), :, head] = 0
             return q
-        return f"blocks.{layer}.attn.hook_rot_q", fn
+        return f"blocks.{layer}.attn.{query_hook}", fn
     if isinstance(spec, (KnockOutKeys, ScaleKeys)):
         factor = 0.0 if isinstance(spec, KnockOutKeys) else spec.factor
 
         def fn(pattern, hook):  # (B, H, Nq, Nk) post-softmax
-            n_keys = pattern.shape[-1]
-            keys = [k for k in spec.keys if -n_keys <= k < n_keys]
-            if not keys:
-                return pattern
+            keys = key_positions(spec, pattern.shape[-1])
             pattern = pattern.clone()
             r = _rows(spec, pattern.shape[0])
             rr = torch.arange(pattern.shape[0]) if isinstance(r, slice) else r
@@ -129,8 +134,8 @@ def tl_apply(subject, *specs):
 def nnsight_edit(subject, *specs) -> None:
     """Inside ``with subject.nn.trace(...)``: apply head-output and query-zero specs as nnsight module edits.
 
-    Edits are requested layer by layer in execution order (q_proj output, then o_proj input), as
-    nnsight requires. Key knock-out / rescaling raise: use ``apply(subject, spec)`` around the trace.
+    Edits are requested layer by layer in execution order (query source output, then the output projection's
+    input), as nnsight requires. Key knock-out / rescaling raise: use ``apply(subject, spec)`` around the trace.
     """
     per_layer: dict[int, list] = {}
     for spec in specs:
@@ -143,17 +148,23 @@ def nnsight_edit(subject, *specs) -> None:
         _check_values(spec, heads)
         for layer, head in heads:
             per_layer.setdefault(layer, []).append((spec, head))
-    d = subject.d_head
-    layers = subject.nn.model.layers
+    arch, d = subject.arch, subject.d_head
+    if any(isinstance(s, ZeroQuery) for s in specs) and arch.query_source is None:
+        raise InputError(f"{arch.model_class} exposes no module whose output holds each head's query: "
+                         "wrap the trace in `with workbench.interventions.apply(subject, ZeroQuery(...)):` instead")
+    if any(not isinstance(s, ZeroQuery) for s in specs) and arch.out_proj_name is None:
+        raise InputError(f"{arch.model_class}'s head outputs z do not feed a module directly: wrap the trace in "
+                         "`with workbench.interventions.apply(subject, spec):` instead")
+    layers = resolve(subject.nn, arch.layers_path)
     for layer in sorted(per_layer):
-        attn = layers[layer].self_attn
+        attn = getattr(layers[layer], arch.attention_name)
         queries = [(s, h) for s, h in per_layer[layer] if isinstance(s, ZeroQuery)]
         outputs = [(s, h) for s, h in per_layer[layer] if not isinstance(s, ZeroQuery)]
         if queries:
-            q = attn.q_proj.output  # (B, N, H * D)
+            q = getattr(attn, arch.query_source).output  # (B, N, width) holding every head's query
             for spec, head in queries:
-                q[_rows(spec, q.shape[0]), :, head * d:(head + 1) * d] = 0
+                q[_rows(spec, q.shape[0]), :, query_slice(arch.query_layout, head, d)] = 0
         if outputs:
-            x = attn.o_proj.input  # (B, N, H * D): z of every head, before o_proj
+            x = getattr(attn, arch.out_proj_name).input  # (B, N, H * D): z of every head, before the projection
             for spec, head in outputs:
                 x[:, :, head * d:(head + 1) * d] = edit_head_z(spec, (layer, head), x[:, :, head * d:(head + 1) * d])

@@ -10,7 +10,7 @@ import torch
 from ..errors import InputError
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
 from .specs import (AddToHead, HeadSpec, KnockOutKeys, ReplaceHead, ScaleHead, ScaleKeys, ZeroHead, ZeroQuery,
-                    ZeroValue)
+                    ZeroValue, key_positions)
 
 
 def expand_heads(subject, spec: HeadSpec) -> list[tuple[int, int]]:
@@ -31,7 +31,7 @@ class InterventionHook(AttentionHook):
 
     def __init__(self, subject, specs):
         self.query_zero = defaultdict(list)  # layer -> [(head, rows)]
-        self.score_edits = defaultdict(list)  # layer -> [(head, keys, addend, rows)]
+        self.score_edits = defaultdict(list)  # layer -> [(head, spec, addend, rows)]
         self.z_edits = defaultdict(list)  # layer -> [(head, kind, arg, positions, rows)]
         for spec in specs:
             if not isinstance(spec, HeadSpec):
@@ -62,9 +62,9 @@ class InterventionHook(AttentionHook):
         elif isinstance(spec, ZeroQuery):
             self.query_zero[layer].append((head, rows))
         elif isinstance(spec, KnockOutKeys):
-            self.score_edits[layer].append((head, spec.keys, float("-inf"), rows))
+            self.score_edits[layer].append((head, spec, float("-inf"), rows))
         elif isinstance(spec, ScaleKeys):
-            self.score_edits[layer].append((head, spec.keys, spec.log_factor, rows))
+            self.score_edits[layer].append((head, spec, spec.log_factor, rows))
         else:
             raise InputError(f"unsupported spec type {type(spec).__name__}")
 
@@ -85,16 +85,14 @@ class InterventionHook(AttentionHook):
         if not edits:
             return scores
         scores = scores.clone()
-        for head, keys, addend, rows in edits:
-            keys = [k for k in keys if -call.n_keys <= k < call.n_keys]
-            if keys:
-                k = torch.as_tensor(keys, device=scores.device)
-                r = _batch_rows(rows, scores.shape[0], scores.device)
-                if not isinstance(r, torch.Tensor):
-                    r = torch.arange(scores.shape[0], device=scores.device)
-                sub = scores[r, head]  # (R, Nq, Nk) copy
-                sub[:, :, k] = sub[:, :, k] + addend
-                scores[:, head] = scores[:, head].index_copy(0, r, sub)
+        for head, spec, addend, rows in edits:
+            k = torch.as_tensor(key_positions(spec, call.n_keys), device=scores.device)
+            r = _batch_rows(rows, scores.shape[0], scores.device)
+            if not isinstance(r, torch.Tensor):
+                r = torch.arange(scores.shape[0], device=scores.device)
+            sub = scores[r, head]  # (R, Nq, Nk) copy
+            sub[:, :, k] = sub[:, :, k] + addend
+            scores[:, head] = scores[:, head].index_copy(0, r, sub)
         return scores
 
     def edit_z(self, call, z):
@@ -142,7 +140,10 @@ def _replacement(values: torch.Tensor, call: AttentionCall, rows) -> torch.Tenso
 
 @contextlib.contextmanager
 def apply(subject, *specs):
-    """Apply intervention specs to every forward pass of ``subject`` inside the block (generation included)."""
+    """Apply intervention specs to every forward pass of ``subject`` inside the block (generation included).
+
+    Nested blocks compose: the inner block's edits act on the outer block's result (ScaleHead 0.5 twice = 0.25).
+    """
     hook = InterventionHook(subject, specs)
     with hooks_active(hook):
         yield hook

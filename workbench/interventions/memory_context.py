@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
+from ..inputs import as_heads
 from ..models.attention import hooks_active
 from ..progress import progress
 from ..sweeps import Zero, baseline_values, evaluate_cells
@@ -108,7 +109,7 @@ def head_contributions(subject, batch: TaskBatch, method: str = "attribution", h
     _check_batch(batch)
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    heads = _all_heads(subject) if heads is None else [tuple(h) for h in heads]
+    heads = _all_heads(subject) if heads is None else as_heads(heads)
     if not heads:
         raise InputError("no heads to score: give [(layer, head), ...] or None for every head")
     for layer, head in heads:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..inputs import as_heads
 from ..models.attention import AttentionHook, hooks_active
 from ..patterns import capture
 from .hook import apply
@@ -58,7 +59,7 @@ def _metric_of(subject, batch: dict, metric: MetricFn) -> torch.Tensor:
 def activation_patching(subject, base, source, metric: MetricFn, heads: Sequence[Head] | None = None) -> np.ndarray:
     """(L, H) mean effect of patching each head's z from source into base, one forward per head (NaN where not run)."""
     base, source = _pair(subject, base, source)
-    heads = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)] if heads is None else heads
+    heads = [(l, h) for l in range(subject.n_layers) for h in range(subject.n_heads)] if heads is None else as_heads(heads)
     z_src = head_z(subject, source, layers=sorted({l for l, _ in heads}))
     ref = _metric_of(subject, base, metric)
     out = np.full((subject.n_layers, subject.n_heads), np.nan)

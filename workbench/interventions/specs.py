@@ -4,6 +4,10 @@ Each spec names heads as (layer, head) pairs in query-head numbering. ``group=Tr
 head to every query head of its key/value group (grouped-query models); the default acts on the
 query head alone. ``rows`` restricts a spec to those batch rows (default: every row), so one forward
 pass can carry a different intervention in each copy of a repeated batch (the sweep runner does this).
+
+Heads may be given as (layer, head) pairs or strings ('L18H6', '18.6'); factors must be finite and key
+positions whole numbers, else InputError. Specs compose: two specs on one head (in one ``apply`` or in nested
+``apply`` blocks) both act, in order, so ``ScaleHead(0.5)`` inside ``ScaleHead(0.5)`` scales by 0.25.
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import InputError
+from ..inputs import as_heads, finite_number, whole_number
+
 Head = tuple[int, int]
 
 
 def _heads(heads) -> tuple[Head, ...]:
-    return tuple(sorted({(int(layer), int(head)) for layer, head in heads}))
+    return tuple(sorted(set(as_heads(heads))))
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,15 @@ class HeadSpec:
     def __post_init__(self):
         object.__setattr__(self, "heads", _heads(self.heads))
         if self.rows is not None:
-            object.__setattr__(self, "rows", tuple(int(r) for r in self.rows))
+            object.__setattr__(self, "rows", tuple(whole_number(r, "a batch row") for r in self.rows))
+        if hasattr(self, "factor"):
+            object.__setattr__(self, "factor", finite_number(self.factor, f"{type(self).__name__} factor",
+                                                             minimum=0.0 if isinstance(self, ScaleKeys) else None))
+        if hasattr(self, "keys"):
+            keys = (self.keys,) if isinstance(self.keys, (int, float)) else tuple(self.keys)
+            if not keys:
+                raise InputError(f"{type(self).__name__} needs key positions: keys=(0,) for the first token")
+            object.__setattr__(self, "keys", tuple(whole_number(k, f"{type(self).__name__} key") for k in keys))
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,15 @@ class ScaleKeys(HeadSpec):
     @property
     def log_factor(self) -> float:
         return -math.inf if self.factor == 0 else math.log(self.factor)
+
+
+def key_positions(spec: HeadSpec, n_keys: int) -> list[int]:
+    """The spec's key positions checked against a forward pass with ``n_keys`` keys (InputError if any lies outside)."""
+    outside = [k for k in spec.keys if not -n_keys <= k < n_keys]
+    if outside:
+        raise InputError(f"{type(spec).__name__} keys {outside} lie outside the context of {n_keys} tokens: "
+                         f"use positions 0..{n_keys - 1} (or -{n_keys}..-1 from the end)")
+    return list(spec.keys)
 
 
 def mean_values(capture_z: dict[int, torch.Tensor], heads, per_position: bool = False) -> dict:

@@ -1,7 +1,15 @@
 """The workbench attention implementation: the single hook point for capture and interventions.
 
 Every Subject's HF model runs with ``attn_implementation="workbench"``. With no active hook
-the function is transformers' SDPA path unchanged. Hooks (``AttentionHook`` subclasses pushed
+the function is transformers' SDPA path unchanged, except on layers SDPA cannot compute exactly:
+attention-logit soft-capping (Gemma 2: scores s -> c tanh(s / c)) and sigmoid attention are computed
+here in float32 (in query blocks when no hook needs whole patterns), never silently without the cap.
+Every variant transformers hands the interface is honoured: grouped/multi-query keys, sliding windows
+(per layer), the module's own scaling (Gemma's ``query_pre_attn_scalar``, GPT-2's inverse-layer scaling,
+OPT's queries pre-scaled with ``scaling=1``); rotary (full or partial), QK-norm, projection biases and
+learned absolute positions act before the call, so ``query``/``key`` arrive exactly as the model uses
+them. Which models route attention here at all is checked at load (``workbench.models.architecture``).
+Hooks (``AttentionHook`` subclasses pushed
 with :func:`hooks_active`) can, per layer and per query head:
 
 1. edit the queries (``edit_query``; e.g. query zeroing = uniform attention, Wu et al. 2024),
@@ -9,7 +17,8 @@ with :func:`hooks_active`) can, per layer and per query head:
    that layer to an exact float32 eager computation,
 3. observe exact post-softmax patterns of chosen heads (``pattern_heads`` / ``on_pattern``),
 4. observe the post-RoPE queries and keys (``on_qk``; streamed statistics from the kernels),
-5. edit or observe each head's output ``z`` before ``o_proj`` (``edit_z`` / ``on_z``).
+5. edit or observe each head's output ``z`` before the output projection (``o_proj``, ``c_proj``, ``dense``, ...;
+   ``edit_z`` / ``on_z``), so no intervention depends on the projection's name.
 
 A module may declare ``attention_activation = "sigmoid"`` (the workbench's toy models do): its attention is
 then elementwise sigmoid of the scaled scores plus the module's constant ``attention_bias`` (default 0), with no
@@ -25,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
@@ -49,6 +58,7 @@ class AttentionCall:
     softcap: float | None
     visible: torch.Tensor | None  # bool (B|1, 1, Nq, Nk), True = query may attend; None = plain causal
     activation: str = "softmax"  # or "sigmoid": unnormalised sigmoid attention
+    module: object = field(default=None, repr=False, compare=False)  # the HF attention module making the call
 
     @property
     def group(self) -> int:
@@ -89,7 +99,7 @@ class AttentionHook:
         """``query`` (B, H, Nq, D) and ``key`` (B, Hkv, Nk, D), RoPE applied, after query edits."""
 
     def edit_z(self, call: AttentionCall, z: torch.Tensor) -> torch.Tensor:
-        """``z``: (B, Nq, H, D) per-head attention output before ``o_proj``."""
+        """``z``: (B, Nq, H, D) per-head attention output before the output projection."""
         return z
 
     def on_z(self, call: AttentionCall, z: torch.Tensor) -> None:
@@ -100,9 +110,10 @@ _ACTIVE: contextvars.ContextVar[tuple[AttentionHook, ...]] = contextvars.Context
 
 
 @contextlib.contextmanager
-def hooks_active(*hooks: AttentionHook):
-    """Make ``hooks`` active for every workbench-attention forward pass inside the block (nestable; a hook already active is not added twice)."""
-    current = _ACTIVE.get()
+def hooks_active(*hooks: AttentionHook, only: bool = False):
+    """Make ``hooks`` active for every workbench-attention forward pass inside the block (nestable; a hook already
+    active is not added twice); ``only=True`` deactivates the enclosing blocks' hooks inside this one."""
+    current = () if only else _ACTIVE.get()
     token = _ACTIVE.set(current + tuple(h for h in hooks if not any(h is c for c in current)))
     try:
         yield hooks
@@ -157,40 +168,71 @@ def attention_weights(scores: torch.Tensor, activation: str = "softmax", bias: f
     return torch.sigmoid(scores + bias) if activation == "sigmoid" else softmax_rows(scores)
 
 
+EXACT_BLOCK_BYTES = 256 << 20  # float32 scores held at once when an exact layer runs in query blocks
+
+
+def _blocked_exact_z(call: AttentionCall, query, key, value, bias: float) -> torch.Tensor:
+    """Exact float32 attention output (B, H, Nq, D) computed over query blocks, so no N x N tensor of all rows exists."""
+    visible = call.visibility(query.device)
+    values = value.float().repeat_interleave(call.group, dim=1)
+    keys = key.float().repeat_interleave(call.group, dim=1).transpose(-1, -2)
+    per_row = query.shape[0] * query.shape[1] * call.n_keys * 4 * 2
+    step = max(1, EXACT_BLOCK_BYTES // max(per_row, 1))
+    out = []
+    for i in range(0, call.n_queries, step):
+        scores = torch.matmul(query[:, :, i:i + step].float(), keys) * call.scaling
+        if call.softcap is not None:
+            scores = torch.tanh(scores / call.softcap) * call.softcap
+        scores = scores.masked_fill(~visible[:, :, i:i + step], -math.inf)
+        out.append(torch.matmul(attention_weights(scores, call.activation, bias), values))
+    return torch.cat(out, dim=2)
+
+
 def workbench_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                         sliding_window=None, softcap=None, **kwargs):
-    """SDPA attention, with the active hooks' edits and observations applied for this layer."""
+    """Attention of one layer (SDPA, or exact float32 where SDPA cannot be exact), with the active hooks' edits and
+    observations applied for this layer."""
+    if kwargs.get("s_aux") is not None:
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(
+            f"{type(module).__name__} adds learned attention sinks (s_aux) to the softmax, which the workbench "
+            "hook point does not compute: this architecture is not supported (see docs/architectures.md)")
     layer = getattr(module, "layer_idx", None)
     hooks = [h for h in _ACTIVE.get() if layer is not None and h.applies(layer)]
     activation = getattr(module, "attention_activation", "softmax")
-    if not hooks and activation == "softmax":
+    if not hooks and activation == "softmax" and softcap is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, softcap=softcap, **kwargs)
+                                      scaling=scaling, **kwargs)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     window = sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
     call = AttentionCall(layer=layer, n_heads=query.shape[1], n_kv_heads=key.shape[1],
                          n_queries=query.shape[2], n_keys=key.shape[2], scaling=scaling,
                          window=window, softcap=softcap, visible=_as_visibility(attention_mask),
-                         activation=activation)
+                         activation=activation, module=module)
     for hook in hooks:
         query = hook.edit_query(call, query)
 
-    if activation != "softmax" or any(hook.edits_scores(call) for hook in hooks):
-        scores = exact_scores(call, query, key)
-        for hook in hooks:
-            scores = hook.edit_scores(call, scores)
-        pattern = attention_weights(scores, activation, getattr(module, "attention_bias", 0.0))
-        values = value.float().repeat_interleave(call.group, dim=1)
-        z = torch.matmul(pattern, values).to(query.dtype).transpose(1, 2)
-        all_heads = list(range(call.n_heads))
-        for hook in hooks:
-            wanted = hook.pattern_heads(call)
-            if wanted:
-                hook.on_pattern(call, wanted, pattern[:, wanted] if wanted != all_heads else pattern)
+    bias = getattr(module, "attention_bias", 0.0) if activation != "softmax" else 0.0
+    wanted_by = [(hook, hook.pattern_heads(call)) for hook in hooks]
+    edits = any(hook.edits_scores(call) for hook in hooks)
+    if activation != "softmax" or softcap is not None or edits:
+        if not edits and not any(heads for _, heads in wanted_by):
+            z = _blocked_exact_z(call, query, key, value, bias).to(query.dtype).transpose(1, 2)
+        else:
+            scores = exact_scores(call, query, key)
+            for hook in hooks:
+                scores = hook.edit_scores(call, scores)
+            pattern = attention_weights(scores, activation, bias)
+            values = value.float().repeat_interleave(call.group, dim=1)
+            z = torch.matmul(pattern, values).to(query.dtype).transpose(1, 2)
+            all_heads = list(range(call.n_heads))
+            for hook, wanted in wanted_by:
+                if wanted:
+                    hook.on_pattern(call, wanted, pattern[:, wanted] if wanted != all_heads else pattern)
     else:
         z, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, softcap=softcap, **kwargs)
-        wanted_by = [(hook, hook.pattern_heads(call)) for hook in hooks]
+                                      scaling=scaling, **kwargs)
         union = sorted({h for _, heads in wanted_by for h in heads})
         if union:
             pattern = softmax_rows(exact_scores(call, query, key, union))

@@ -5,9 +5,10 @@ The converted folder (safetensors + config + tokenizer) is what ``workbench.load
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,17 +19,11 @@ from pathlib import Path
 from ..errors import InputError, ModelUnavailableError
 from ..io import atomic_write_json
 from ..progress import progress
-from .cache import MANIFEST, model_dir
+from .cache import MANIFEST, check_cache, file_records, manifest, model_dir, sha256_file
 from .registry import PRETRAINED, PretrainedSpec
 
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+WRITER = "writer.json"  # inside each fetch's temporary folder: who is writing it
+LEGACY_TEMP_AGE_S = 24 * 3600  # temporary folders from before writer.json: stale after a day
 
 
 def verify_gguf(spec: PretrainedSpec, path: Path) -> None:
@@ -90,18 +85,78 @@ def _convert(spec: PretrainedSpec, gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def writer_info() -> dict:
+    """Who this process is ({host, pid, start}), as a fetch records it in its temporary folder."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _writer_alive(info: dict) -> bool:
+    """True unless the process that wrote ``info`` ({host, pid, start}) is known to be gone (other hosts: alive)."""
+    if info.get("host") != socket.gethostname():
+        return True
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _process_start(pid) in (None, info.get("start"))  # a reused pid belongs to another process
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (Linux /proc), to tell a reused pid apart; None elsewhere."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def clean_stale_temp(models: Path) -> list[Path]:
+    """Remove the temporary folders of fetches whose process is gone (killed mid-download); returns them."""
+    removed = []
+    names = tuple(f".{name}." for name in PRETRAINED)
+    for tmp in sorted(models.glob(".*")) if models.is_dir() else ():
+        if not tmp.is_dir() or not tmp.name.startswith(names):
+            continue
+        try:
+            info = json.loads((tmp / WRITER).read_text())
+            stale = not _writer_alive(info if isinstance(info, dict) else {})
+        except FileNotFoundError:  # written before writer.json existed, or the writer has just created it
+            stale = time.time() - tmp.stat().st_mtime > LEGACY_TEMP_AGE_S
+        except (OSError, ValueError):
+            stale = False
+        if stale:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def fetch(name: str, gguf: str | Path | None = None, force: bool = False) -> Path:
-    """Prepare a registered model in the cache (download, verify, convert) and return its folder."""
+    """Prepare a registered model in the cache (download, verify, convert) and return its folder.
+
+    Without ``force`` a usable cache is kept; a damaged one (size records or required files) is converted again.
+    Temporary folders left by killed fetches are removed first.
+    """
     if name not in PRETRAINED:
         raise InputError(f"`workbench fetch` takes a registered model, one of: {', '.join(PRETRAINED)}")
     spec = PRETRAINED[name]
     final = model_dir(name)
-    if (final / MANIFEST).is_file() and not force:
-        return final
     final.parent.mkdir(parents=True, exist_ok=True)
+    for tmp in clean_stale_temp(final.parent):
+        print(f"removed {tmp}, left by a fetch that was stopped", file=sys.stderr)
+    if not force:
+        check = check_cache(name)
+        if check.usable:
+            return final
+        if check.state == "damaged":
+            print(f"{name}: the cache is damaged ({'; '.join(check.problems)}): converting again", file=sys.stderr)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix=f".{name}.", dir=final.parent) as tmp:
         work = Path(tmp)
+        atomic_write_json(work / WRITER, writer_info())
         if gguf is not None:
             source = Path(gguf).expanduser()
             if not source.is_file():
@@ -128,30 +183,36 @@ def fetch(name: str, gguf: str | Path | None = None, force: bool = False) -> Pat
             "converted_with": f"transformers {transformers.__version__}",
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "conversion_seconds": round(time.time() - started, 1),
+            "files": file_records(staged),
+            "files_recorded": "at conversion",
         })
         if final.exists():
-            shutil.rmtree(final)
+            final.rename(work / "previous")  # removed with the temporary folder
         staged.rename(final)  # atomic within one filesystem: a crash leaves no half-converted folder
     return final
 
 
 def cached(name: str) -> bool:
-    """True if the registered model is converted and ready in the cache."""
-    return (model_dir(name) / MANIFEST).is_file()
+    """True if the registered model is converted and its files pass the size check (see ``check_cache``)."""
+    return check_cache(name).usable
 
 
-def describe_cache() -> list[dict]:
-    """One row per registered model: name, description, whether cached, cache folder and size."""
+def describe_cache(hashes: bool = False) -> list[dict]:
+    """One row per registered model: name, description, cache state (``check_cache``; SHA-256 too if ``hashes``),
+    whether usable ("cached"), the problems found, cache folder and size."""
     rows = []
     for spec in PRETRAINED.values():
         folder = model_dir(spec.name)
         size = sum(f.stat().st_size for f in folder.glob("*") if f.is_file()) if folder.is_dir() else 0
+        check = check_cache(spec.name, hashes=hashes)
         rows.append({
             "name": spec.name,
             "description": spec.description,
-            "cached": cached(spec.name),
+            "state": check.state,
+            "cached": check.usable,
+            "problems": check.problems,
             "path": str(folder),
             "size_mb": round(size / 1e6, 1),
-            "manifest": json.loads((folder / MANIFEST).read_text()) if cached(spec.name) else None,
+            "manifest": manifest(spec.name) if check.usable else None,
         })
     return rows

@@ -11,13 +11,43 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import DamagedModelError, InputError, UnsupportedModelError
 from . import attention
+from .architecture import Architecture, Norm, check_class, check_config, describe, resolve
 
 
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DEVICE_CHOICES = "cpu, cuda, cuda:N, mps or auto"
+
+
+def resolve_device(device=None) -> torch.device:
+    """A usable torch.device from None/"auto" (the GPU when present), "cpu", "cuda", "cuda:N" or "mps"; InputError
+    for a misspelt device or one this machine does not have (checked before anything is loaded)."""
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return default_device()
+    try:
+        resolved = device if isinstance(device, torch.device) else torch.device(str(device).strip().lower())
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"unknown device {device!r}: use {DEVICE_CHOICES}") from None
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "torch sees no GPU"
+            raise InputError(f"device {device!r}: no CUDA GPU is available on this machine ({why}): use cpu")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise InputError(f"device {device!r}: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}")
+        return resolved
+    if resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r}: Apple's MPS is not available on this machine: use cpu")
+        return resolved
+    raise InputError(f"device {device!r} is not supported: use {DEVICE_CHOICES}")
 
 
 @dataclass
@@ -36,21 +66,20 @@ class Subject:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        cfg = self.model.config
-        self.n_layers: int = cfg.num_hidden_layers
-        self.n_heads: int = cfg.num_attention_heads
-        self.n_kv_heads: int = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.d_model: int = cfg.hidden_size
-        self.d_head: int = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.vocab_size: int = cfg.vocab_size
-        self.context_limit: int = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
-        types = getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers
-        self.layer_types: list[str] = ["sliding" if "sliding" in t else "full" for t in types]
-        self.sliding_window: int | None = getattr(cfg, "sliding_window", None) if "sliding" in self.layer_types else None
-        self.kv_group = np.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)
-        rope = getattr(cfg, "rope_parameters", None) or {}
-        self.positional: str = "rope" if (rope or getattr(cfg, "rope_theta", None)) else "learned"
         self.model.eval()
+        self.arch: Architecture = describe(self.model)
+        arch = self.arch
+        self.n_layers: int = arch.n_layers
+        self.n_heads: int = arch.n_heads
+        self.n_kv_heads: int = arch.n_kv_heads
+        self.d_model: int = arch.d_model
+        self.d_head: int = arch.d_head
+        self.vocab_size: int = arch.vocab_size
+        self.context_limit: int = arch.context_limit
+        self.layer_types: list[str] = list(arch.layer_types)
+        self.sliding_window: int | None = arch.sliding_window
+        self.kv_group = np.arange(self.n_heads) // (self.n_heads // self.n_kv_heads)
+        self.positional: str = arch.positional
 
     # ------------------------------------------------------------------ facts
     @property
@@ -83,7 +112,8 @@ class Subject:
             "d_head": self.d_head, "d_model": self.d_model, "vocab_size": self.vocab_size,
             "context_limit": self.context_limit, "layer_types": self.layer_types,
             "sliding_window": self.sliding_window, "positional": self.positional,
-            "architecture": type(self.model).__name__, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+            "architecture": type(self.model).__name__, "model_type": self.arch.model_type,
+            "final_norm": self.arch.facts()["final_norm"], "attn_softcap": self.arch.attn_softcap, "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
         }
 
     def check_head(self, layer: int, head: int) -> None:
@@ -119,8 +149,9 @@ class Subject:
         ids = self.tokenizer("a")["input_ids"]
         return self.bos_token_id is not None and len(ids) > 0 and ids[0] == self.bos_token_id
 
-    def encode(self, text: str, prepend_bos: bool | None = None) -> torch.Tensor:
-        """Token ids (1-D) of ``text``; BOS prepended if asked (default: as the tokenizer does)."""
+    def encode(self, text: str, prepend_bos: bool | None = None, max_tokens: int | None = None) -> torch.Tensor:
+        """Token ids (1-D) of ``text``; BOS prepended if asked (default: as the tokenizer does); cut to the first
+        ``max_tokens`` (BOS included) before the context-limit check when given (for callers that use only those)."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the prompt is empty: give at least one token of text")
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -128,6 +159,8 @@ class Subject:
             if self.bos_token_id is None:
                 raise InputError(f"{self.name}'s tokenizer has no BOS token: call with prepend_bos=False")
             ids = [self.bos_token_id] + ids
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
         self.check_length(len(ids))
         return torch.tensor(ids, dtype=torch.long)
 
@@ -185,27 +218,70 @@ class Subject:
         return text.split("\n")[0] if stop_at_newline else text
 
     # ------------------------------------------------------------ weights
-    def attention_module(self, layer: int):
-        """The HF self-attention module of ``layer``."""
-        return self.model.get_decoder().layers[layer].self_attn
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        """The decoder layers (``model.layers``, ``transformer.h``, ... as the architecture names them)."""
+        return resolve(self.model, self.arch.layers_path)
 
-    @cached_property
+    def attention_module(self, layer: int):
+        """The HF attention module of ``layer`` (``self_attn``, ``attn``, ``attention``, ...)."""
+        return getattr(self.layers[layer], self.arch.attention_name)
+
+    def output_projection(self, layer: int):
+        """The module that maps ``layer``'s head outputs z (B, N, H*D) into the residual stream (``o_proj``, ...)."""
+        if self.arch.out_proj_name is None:
+            raise UnsupportedModelError(
+                f"{self.name} ({self.arch.model_class}): the head outputs z do not feed a linear output projection "
+                "directly (the model transforms them first), so per-head weights W_O and direct logits are not "
+                "defined here; capture and interventions on z still work")
+        return getattr(self.attention_module(layer), self.arch.out_proj_name)
+
+    def head_output_weights(self, layer: int) -> torch.Tensor:
+        """W_O of ``layer`` per head as float32 (d_model, H, D): head h writes W_O[:, h] z_h into the residual stream."""
+        weight = self.output_projection(layer).weight.detach().float()
+        if self.arch.out_proj_transposed:  # Conv1D stores (in, out)
+            weight = weight.T
+        return weight.reshape(self.d_model, self.n_heads, self.d_head)
+
+    def _final_norm(self) -> tuple[Norm, torch.nn.Module]:
+        norm = self.arch.final_norm
+        if norm is None:
+            raise UnsupportedModelError(
+                f"{self.name} ({self.arch.model_class}): the final norm feeding the unembedding was not identified "
+                "(none, or not RMSNorm / LayerNorm), so direct logits are not defined here")
+        return norm, resolve(self.model, norm.path)
+
+    @property
     def final_norm_gain(self) -> torch.Tensor:
-        """Per-channel gain g of the final RMSNorm, up to a positive factor: diag(norm(sqrt(d) I))."""
-        norm = self.model.get_decoder().norm
-        eye = torch.eye(self.d_model, device=self.device, dtype=self.dtype) * self.d_model ** 0.5
-        with torch.no_grad():
-            return norm(eye).diagonal().float()
+        """Per-channel gain g of the final norm as float32 (d_model,): RMSNorm / LayerNorm weight, Gemma's 1 + w."""
+        norm, module = self._final_norm()
+        return norm.gain(module)
 
     @torch.no_grad()
     def direct_logits(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        """Each head's direct logit effect W_U diag(g) W_O[h] z_h: z (B, Q, H, D) -> (H, B, Q, V), up to 1/rms."""
-        w_o = self.attention_module(layer).o_proj.weight.float()  # (d_model, H * D)
-        w_u = self.model.get_output_embeddings().weight.float()  # (V, d_model)
+        """Each head's direct logit effect W_U g*P(W_O[h] z_h): z (B, Q, H, D) -> (H, B, Q, V), up to a positive factor per position.
+
+        Math (Elhage et al. 2021's direct path; the frozen-scale convention of TransformerLens's logit attribution).
+        The final norm maps the residual r to g * P r / s(r) + b, with P = I - 11^T/d (centring) for LayerNorm and
+        P = I for RMSNorm, s(r) the standard deviation / RMS and g its gain (Gemma: 1 + w). With s frozen at the
+        full stream's value the map is affine, and head h's part c_h = W_O[:, h] z_h of r contributes
+        W_U (g * P c_h) / s(r) to the logits; b and the other parts are shared by all heads and left out. A
+        post-attention norm (Gemma 2/3, OLMo 2) is folded the same way first: c_h -> g' * P' c_h. An unembedding
+        pre-projection (OPT's project_out) is applied before W_U. W_U is the output embedding (the input embedding
+        when tied; Gemma's sqrt(d) input scale does not apply to it). The returned values omit the positive
+        factors 1/s (one per position and layer), which per-position ranks (the copying score) do not see; they are
+        pre-softcap logits (Gemma 2 caps the total, a monotone map).
+        """
         z = z.to(self.device, torch.float32)
-        heads = w_o.view(self.d_model, self.n_heads, self.d_head)
-        resid = torch.einsum("bqhd,mhd->hbqm", z, heads) * self.final_norm_gain
-        return resid @ w_u.T
+        parts = torch.einsum("bqhd,mhd->hbqm", z, self.head_output_weights(layer))
+        post = self.arch.post_attention_norm
+        if post is not None:
+            parts = post.linear(resolve(self.layers[layer], post.path), parts)
+        norm, module = self._final_norm()
+        parts = norm.linear(module, parts)
+        if self.arch.unembed_projection is not None:
+            parts = parts @ resolve(self.model, self.arch.unembed_projection).weight.detach().float().T
+        return parts @ self.model.get_output_embeddings().weight.detach().float().T
 
     # ------------------------------------------------- other front ends
     @cached_property
@@ -234,28 +310,63 @@ class Subject:
 
 
 def from_pretrained_folder(name: str, folder: str | Path, device=None, dtype=None,
-                           weights_note: str = "", meta: dict | None = None) -> Subject:
-    """Load an HF folder (or hub id) as a Subject running the workbench attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                           weights_note: str = "", meta: dict | None = None, fix: str | None = None) -> Subject:
+    """Load an HF folder (or hub id) as a Subject running the workbench attention.
+
+    Unsupported architectures raise UnsupportedModelError before the weights load. A local folder that
+    fails to load, or whose logits on a probe token are not finite, raises DamagedModelError with ``fix``
+    (what to run to replace the files) in its message.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from transformers.utils import logging as hf_logging
 
     attention.register()
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
+    local = Path(folder).expanduser().is_dir()
+    fix = fix or "save the model into the folder again (save_pretrained) or restore its files"
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception:  # noqa: BLE001 - a folder that cannot be read is reported by the load below
+        config = None
+    if config is not None:
+        check_config(config)  # an architecture without the attention interface: say so before loading weights
     hf_logging.disable_progress_bar()  # loading a cached folder takes ~0.5 s: no bar
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype or torch.float32, attn_implementation=attention.IMPLEMENTATION
         ).to(device)
         tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as err:
+        if not local:
+            raise
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise DamagedModelError(f"cannot load the model in {folder} ({type(err).__name__}: {reason}): {fix}") from err
     finally:
         hf_logging.enable_progress_bar()
+    check_finite_logits(model, tokenizer, folder, fix)
     return Subject(name=name, model=model, tokenizer=tokenizer, source=str(folder),
                    weights_note=weights_note, meta=meta or {})
+
+
+@torch.no_grad()
+def check_finite_logits(model, tokenizer, folder, fix: str) -> None:
+    """Run one probe token (BOS, else id 0) and raise DamagedModelError unless every logit is finite."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
+    if not 0 <= token < model.config.vocab_size:
+        token = 0
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([[token]], device=device), use_cache=False).logits
+    if not bool(torch.isfinite(logits).all()):
+        raise DamagedModelError(f"the model in {folder} gives non-finite logits (NaN or inf) on a probe token: "
+                                f"its weights are damaged; {fix}")
 
 
 def from_model(model, tokenizer, name: str = "custom", weights_note: str = "") -> Subject:
     """Wrap an already-built HF causal LM (e.g. a tiny random model in tests) as a Subject."""
     attention.register()
+    check_class(type(model), getattr(model.config, "model_type", ""))
     model.set_attn_implementation(attention.IMPLEMENTATION)
     return Subject(name=name, model=model, tokenizer=tokenizer, weights_note=weights_note)

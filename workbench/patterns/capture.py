@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 
 from ..errors import CaptureMemoryError, InputError
+from ..inputs import as_heads, positive_int, whole_number
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
 from .memory import FLOAT32, available_bytes, human, pattern_bytes
 
@@ -19,15 +20,16 @@ HeadSel = dict[int, list[int]]
 
 
 def select_heads(subject, heads=None, layers=None) -> HeadSel:
-    """Normalise a head selection: None/"all", an iterable of (layer, head), or a {layer: [heads]} dict."""
+    """Normalise a head selection: None/"all", (layer, head) pairs or 'L18H6' strings, or a {layer: [heads]} dict."""
     if heads is None or (isinstance(heads, str) and heads == "all"):
         chosen = {layer: list(range(subject.n_heads)) for layer in (range(subject.n_layers) if layers is None else layers)}
     elif isinstance(heads, dict):
-        chosen = {int(layer): sorted({int(h) for h in hs}) for layer, hs in heads.items()}
+        chosen = {whole_number(layer, "a layer of heads"): sorted({whole_number(h, f"a head of layer {layer}") for h in hs})
+                  for layer, hs in heads.items()}
     else:
         chosen = {}
-        for layer, head in heads:
-            chosen.setdefault(int(layer), set()).add(int(head))
+        for layer, head in as_heads(heads):
+            chosen.setdefault(layer, set()).add(head)
         chosen = {layer: sorted(hs) for layer, hs in chosen.items()}
     for layer, hs in chosen.items():
         for head in hs:
@@ -121,6 +123,17 @@ def _check_fits(subject, need: dict, batch: int, n_tokens: int) -> None:
         )
 
 
+def query_rows(rows, n_tokens: int) -> torch.Tensor:
+    """``rows`` (query positions) as a 1-D long tensor, each a whole number in 0..n_tokens-1; InputError otherwise."""
+    values = rows.reshape(-1).tolist() if hasattr(rows, "reshape") else ([rows] if isinstance(rows, int) else list(rows))
+    if not values:
+        raise InputError("rows=[] selects no query position: give at least one position, or rows=None for all")
+    values = [whole_number(r, "a query row") for r in values]
+    if min(values) < 0 or max(values) >= n_tokens:
+        raise InputError(f"rows must lie in 0..{n_tokens - 1} (the prompt has {n_tokens} tokens), got {values}")
+    return torch.tensor(values, dtype=torch.long)
+
+
 @torch.no_grad()
 def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, z: bool = False,
             logits: bool = False, rows=None, batch_size: int | None = None, extra_hooks=()) -> Capture:
@@ -129,12 +142,12 @@ def capture(subject, inputs, *, heads=None, layers=None, patterns: bool = True, 
     ``rows`` keeps only those query positions of each pattern. ``extra_hooks`` (e.g. interventions)
     are active during the same forward passes, so the patterns reflect them.
     """
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "batch_size (sequences per forward pass)")
     batch = subject.as_batch(inputs)
     ids = batch["input_ids"]
     selection = select_heads(subject, heads, layers)
-    rows_t = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
-    if rows_t is not None and (rows_t.min() < 0 or rows_t.max() >= ids.shape[1]):
-        raise InputError(f"rows must lie in 0..{ids.shape[1] - 1}")
+    rows_t = None if rows is None else query_rows(rows, ids.shape[1])
     if patterns:
         need = predict_capture_bytes(subject, selection, ids.shape[0], ids.shape[1],
                                      None if rows_t is None else len(rows_t), batch_size)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..inputs import as_heads
 from ..progress import progress
 from ..stimuli.niah import NeedleTest
 from .decode import decode, prefill
@@ -60,11 +61,68 @@ def _check_tests(subject, tests) -> list[NeedleTest]:
 
 
 def _check_heads(subject, heads) -> list[Head]:
-    out = []
-    for layer, head in heads:
-        subject.check_head(int(layer), int(head))
-        out.append((int(layer), int(head)))
+    out = as_heads(heads)
+    for layer, head in out:
+        subject.check_head(layer, head)
     return out
+
+
+def check_run(subject, tests, conditions: dict[str, Sequence[Head]], *, max_new_tokens: int,
+              batch_size: int) -> tuple[list[NeedleTest], dict[str, list[Head]]]:
+    """(tests, {condition: heads}) checked before any prefill: tests, heads, batch size, room for the answer."""
+    tests = _check_tests(subject, tests)
+    if not conditions:
+        raise InputError("give at least one condition, e.g. {'intact': []}")
+    masks = {name: _check_heads(subject, heads) for name, heads in conditions.items()}
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    longest = max(len(t.input_ids) for t in tests)
+    if longest + max_new_tokens > subject.context_limit:  # refuse before the first (long) prefill, not after it
+        raise InputError(f"{longest} prompt tokens + {max_new_tokens} new ones exceed {subject.name}'s context of "
+                         f"{subject.context_limit}: use lengths up to {subject.context_limit - max_new_tokens}")
+    return tests, masks
+
+
+def plan_batches(tests: Sequence[NeedleTest], batch_size: int) -> list[list[int]]:
+    """Indices of ``tests`` in batches of at most ``batch_size`` prompts of equal length (no padding), shortest first."""
+    by_length = defaultdict(list)
+    for i, t in enumerate(tests):
+        by_length[len(t.input_ids)].append(i)
+    return [idx[s:s + batch_size] for _, idx in sorted(by_length.items()) for s in range(0, len(idx), batch_size)]
+
+
+@dataclass
+class Answer:
+    """One test's greedy answer under one condition; ``scores`` (L, H): Wu et al.'s per-test retrieval score, if recorded."""
+
+    test: int  # index into the tests given to answer_tests
+    condition: str
+    row: dict
+    scores: np.ndarray | None
+
+
+def answer_tests(subject, tests: Sequence[NeedleTest], masks: dict[str, list[Head]], recorded=(), *,
+                 max_new_tokens: int = 50, mask_prefill: bool = False,
+                 stop_at_newline: bool = True) -> Iterator[Answer]:
+    """Answer a batch of equal-length tests greedily under each condition (prefill shared unless ``mask_prefill``)."""
+    ids = np.stack([t.input_ids.numpy() for t in tests])
+    shared = None if mask_prefill else prefill(subject, ids)
+    for name, heads in masks.items():
+        state = prefill(subject, ids, heads) if mask_prefill else shared
+        out = decode(subject, state, max_new_tokens, stop_at_newline, mask_heads=heads, record=name in recorded)
+        for i, t in enumerate(tests):
+            recall = rouge1_recall(t.needle.answer, out.texts[i])
+            row = {**t.record(), "condition": name, "masked_heads": len(heads), "response": out.texts[i],
+                   "recall": recall, "correct": recall > CORRECT_RECALL, "new_tokens": len(out.tokens[i])}
+            scores = (retrieval_score(out.top_keys[i], np.asarray(out.tokens[i]), t.input_ids, t.answer_span)
+                      if name in recorded else None)
+            yield Answer(i, name, row, scores)
+
+
+def run_settings(*, max_new_tokens: int, mask_prefill: bool, stop_at_newline: bool) -> dict:
+    """The settings of a NIAH run beside its grid's (what ``NiahRun.settings`` and a NIAH folder record)."""
+    return {"max_new_tokens": max_new_tokens, "mask_prefill": mask_prefill, "stop_at_newline": stop_at_newline,
+            "masking": "ZeroQuery (query zeroing, Wu et al. 2024)"}
 
 
 def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, Sequence[Head]], *,
@@ -72,48 +130,24 @@ def run_conditions(subject, tests: Sequence[NeedleTest], conditions: dict[str, S
                    mask_prefill: bool = False, stop_at_newline: bool = True,
                    on_result: Callable[[str, dict], None] | None = None, desc: str = "niah") -> dict[str, NiahRun]:
     """Answer every test greedily under each condition (a list of heads to mask by query zeroing); {condition: NiahRun}."""
-    tests = _check_tests(subject, tests)
-    if not conditions:
-        raise InputError("give at least one condition, e.g. {'intact': []}")
-    masks = {name: _check_heads(subject, heads) for name, heads in conditions.items()}
+    tests, masks = check_run(subject, tests, conditions, max_new_tokens=max_new_tokens, batch_size=batch_size)
     recorded = set(masks) if record is True else set(record or ())
-    if batch_size < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    longest = max(len(t.input_ids) for t in tests)
-    if longest + max_new_tokens > subject.context_limit:  # refuse before the first (long) prefill, not after it
-        raise InputError(f"{longest} prompt tokens + {max_new_tokens} new ones exceed {subject.name}'s context of "
-                         f"{subject.context_limit}: use lengths up to {subject.context_limit - max_new_tokens}")
-    by_length = defaultdict(list)
-    for i, t in enumerate(tests):
-        by_length[len(t.input_ids)].append(i)
-    chunks = [idx[s:s + batch_size] for _, idx in sorted(by_length.items()) for s in range(0, len(idx), batch_size)]
     rows = {name: [None] * len(tests) for name in masks}
     scores = {name: [None] * len(tests) for name in recorded}
     bar = progress(total=len(tests) * len(masks), desc=desc, unit="answer")
     try:
-        for chunk in chunks:
-            ids = np.stack([tests[i].input_ids.numpy() for i in chunk])
-            shared = None if mask_prefill else prefill(subject, ids)
-            for name, heads in masks.items():
-                state = prefill(subject, ids, heads) if mask_prefill else shared
-                out = decode(subject, state, max_new_tokens, stop_at_newline, mask_heads=heads, record=name in recorded)
-                for row, i in enumerate(chunk):
-                    t = tests[i]
-                    recall = rouge1_recall(t.needle.answer, out.texts[row])
-                    record_row = {**t.record(), "condition": name, "masked_heads": len(heads),
-                                  "response": out.texts[row], "recall": recall, "correct": recall > CORRECT_RECALL,
-                                  "new_tokens": len(out.tokens[row])}
-                    rows[name][i] = record_row
-                    if name in recorded:
-                        scores[name][i] = retrieval_score(out.top_keys[row], np.asarray(out.tokens[row]),
-                                                          t.input_ids, t.answer_span)
-                    if on_result is not None:
-                        on_result(name, record_row)
-                    bar.update(1)
+        for chunk in plan_batches(tests, batch_size):
+            for a in answer_tests(subject, [tests[i] for i in chunk], masks, recorded, max_new_tokens=max_new_tokens,
+                                  mask_prefill=mask_prefill, stop_at_newline=stop_at_newline):
+                rows[a.condition][chunk[a.test]] = a.row
+                if a.scores is not None:
+                    scores[a.condition][chunk[a.test]] = a.scores
+                if on_result is not None:
+                    on_result(a.condition, a.row)
+                bar.update(1)
     finally:
         bar.close()
-    settings = {"max_new_tokens": max_new_tokens, "mask_prefill": mask_prefill, "stop_at_newline": stop_at_newline,
-                "masking": "ZeroQuery (query zeroing, Wu et al. 2024)"}
+    settings = run_settings(max_new_tokens=max_new_tokens, mask_prefill=mask_prefill, stop_at_newline=stop_at_newline)
     return {name: NiahRun(pd.DataFrame(rows[name]),
                           np.stack(scores[name]).astype(np.float32) if name in recorded else None,
                           {**settings, "condition": name, "masked": [list(h) for h in masks[name]]})

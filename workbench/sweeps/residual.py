@@ -2,10 +2,13 @@
 
 An intervention on a head of layer ``l`` leaves layers ``0..l-1`` unchanged, so a sweep computes the
 clean residual stream entering layer ``l`` once and runs only layers ``l..`` per ablation. The model's
-own forward does the work: for the duration of one call, the decoder layers before ``start`` are
-replaced by pass-through stand-ins and the cached stream is fed as ``inputs_embeds`` (so masks,
-positions and per-layer types come from the model as usual); to stop early, layer ``stop`` is replaced
-by a stand-in that hands its input back. Tested equal to a full forward on Llama and Gemma-3.
+own forward does the work, whatever the architecture: for the duration of one call the decoder layers
+before ``start`` are replaced by pass-through stand-ins and layer ``start`` is handed the cached stream
+in place of whatever reaches it (so embeddings, learned positions, embedding scales and projections are
+computed and discarded, while masks, positions and per-layer types come from the model as usual); to
+stop early, layer ``stop`` is replaced by a stand-in that hands its input back. The decoder layers come
+from the Subject's architecture (``subject.layers``). Tested equal to a full forward on every
+architecture of tests/architectures.
 """
 
 from __future__ import annotations
@@ -39,9 +42,22 @@ class _StopHere(_PassThrough):
         raise _Stopped(hidden_states)
 
 
+class _Inject(torch.nn.Module):
+    """Wraps decoder layer ``start``: runs it on the cached stream instead of the stream that reaches it."""
+
+    def __init__(self, layer, hidden):
+        super().__init__()
+        self.layer = layer
+        self.hidden = hidden
+        self.attention_type = getattr(layer, "attention_type", None)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.layer(self.hidden, *args, **kwargs)
+
+
 @contextlib.contextmanager
-def _layers_replaced(subject, start: int, stop: int | None = None):
-    layers = subject.model.get_decoder().layers
+def _layers_replaced(subject, start: int, stop: int | None = None, hidden: torch.Tensor | None = None):
+    layers = subject.layers
     saved = {}
     try:
         for i in range(start):
@@ -50,15 +66,32 @@ def _layers_replaced(subject, start: int, stop: int | None = None):
         if stop is not None and stop < len(layers):
             saved[stop] = layers[stop]
             layers[stop] = _StopHere(saved[stop])
+        if hidden is not None and start < len(layers) and (stop is None or start < stop):
+            saved[start] = layers[start]
+            layers[start] = _Inject(saved[start], hidden)
         yield
     finally:
         for i, module in saved.items():
             layers[i] = module
 
 
-def embed(subject, input_ids: torch.Tensor) -> torch.Tensor:
-    """The residual stream entering layer 0 (the model's input embeddings, any embedding scale included)."""
-    return subject.model.get_input_embeddings()(input_ids.to(subject.device))
+def _placeholder(subject, hidden: torch.Tensor) -> torch.Tensor:
+    """Input embeddings of the right shape whose values are never used (layer ``start`` gets the cached stream)."""
+    width = subject.model.get_input_embeddings().embedding_dim
+    return torch.zeros(*hidden.shape[:-1], width, device=hidden.device, dtype=hidden.dtype)
+
+
+@torch.no_grad()
+def embed(subject, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    """The residual stream entering layer 0 (embeddings, learned positions and embedding scales included)."""
+    ids = input_ids.to(subject.device)
+    mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(subject.device)
+    with _layers_replaced(subject, 0, 0):
+        try:
+            subject.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+        except _Stopped as done:
+            return done.hidden
+    raise RuntimeError("layer 0 was never reached")
 
 
 @torch.no_grad()
@@ -66,9 +99,10 @@ def residual(subject, hidden: torch.Tensor, attention_mask, start: int, stop: in
     """The residual stream entering layer ``stop``, given the stream ``hidden`` entering layer ``start``."""
     if stop <= start:
         return hidden
-    with _layers_replaced(subject, start, stop):
+    with _layers_replaced(subject, start, stop, hidden):
         try:
-            subject.model(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+            subject.model(inputs_embeds=_placeholder(subject, hidden), attention_mask=attention_mask,
+                          use_cache=False, logits_to_keep=1)
         except _Stopped as done:
             return done.hidden
     raise RuntimeError(f"layer {stop} was never reached")  # stop >= n_layers
@@ -76,7 +110,7 @@ def residual(subject, hidden: torch.Tensor, attention_mask, start: int, stop: in
 
 def logits_from(subject, hidden: torch.Tensor, attention_mask, start: int, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Float32 logits (B, K, V) at positions ``keep`` (all if None), running layers ``start..`` on ``hidden``."""
-    with _layers_replaced(subject, start):
-        out = subject.model(inputs_embeds=hidden, attention_mask=attention_mask, use_cache=False,
-                            logits_to_keep=0 if keep is None else keep.to(hidden.device))
+    with _layers_replaced(subject, start, hidden=hidden):
+        out = subject.model(inputs_embeds=_placeholder(subject, hidden), attention_mask=attention_mask,
+                            use_cache=False, logits_to_keep=0 if keep is None else keep.to(hidden.device))
     return out.logits.float()

@@ -1,49 +1,61 @@
-"""The sweep runner: cells x a task's prompts x metrics, each finished cell written at once as a Parquet part.
+"""The sweep runner: cells x a task's prompts x metrics, finished cells written in chunks as Parquet parts.
 
-Layout of a sweep folder (what ``load_sweep`` and the sweep viewer read)::
+Layout of a sweep folder (a ``workbench.results`` folder; what ``load_sweep`` and the sweep viewer read)::
 
-    DIR/sweep.json                      the manifest: {"settings": {model, task: {name, settings, n_total,
-                                        n_kept, criterion, default_metric}, intervention: {name, definition},
-                                        metrics, n_cells, cells_sha1, seed, reuse_prefix}, "baseline":
-                                        {metric: mean value with no intervention}, "model_facts", "versions",
-                                        "cells": [cell names] (None beyond 5000), "status": "running" |
-                                        "complete", "started", "finished"}
-    DIR/parts/part-<intervention>-<cell>.parquet
-                                        one file per finished cell, one row per metric, columns ``COLUMNS``:
-                                        cell ("zero:L3H1"), layer, head (-1 for multi-head cells), heads
-                                        ("L3H1" or "L3H1+L4H2"), intervention, metric, value (mean over the
-                                        prompts), baseline, effect (= value - baseline), sem (standard error
-                                        of the per-prompt values), n_prompts, seconds (compute per cell)
-    DIR/sweep.html                      the report (``workbench.sweeps.report.sweep_report``), if written
+    DIR/sweep.json      the manifest: {"format": 2, "kind": "sweep", "settings": {model, task: {name, settings,
+                        n_total, n_kept, criterion, default_metric}, prompts_sha1, intervention: {name,
+                        definition}, metrics, n_cells, cells_sha1, seed, reuse_prefix}, "settings_hash",
+                        "baseline": {metric: mean value with no intervention}, "baseline_prompt_values":
+                        {metric: [per-prompt values]}, "model_facts", "versions", "cells": [cell names]
+                        (None beyond 5000), "status": "running" | "complete", "started", "finished"}
+    DIR/parts/part-000001.parquet ...
+                        a chunk of finished cells each, one row per (cell, metric), columns ``COLUMNS``:
+                        cell ("zero:L3H1"), layer, head (-1 for multi-head cells), heads ("L3H1" or
+                        "L3H1+L4H2"), intervention, metric, value (mean over the prompts), baseline, effect
+                        (= value - baseline), sem (standard error of the per-prompt values), n_prompts,
+                        seconds (compute per cell), prompt_values (the per-prompt values, in the order of
+                        the task's kept prompts), plus settings_hash (the manifest's)
+    DIR/parts/damaged/  parts that could not be read, set aside by a resume (their cells were recomputed)
+    DIR/.lock           held by the process writing the folder (pid, host, command)
+    DIR/sweep.html      the report (``workbench.sweeps.report.sweep_report``), if written
 
-A part exists only once its cell is complete (temp file + rename), so a sweep killed at any point
-(even ``kill -9``) resumes with ``resume=True`` by skipping the cells whose part exists: nothing is
-lost and nothing is written twice. ``load_sweep`` reads a finished or still-running sweep.
+Computing is separate from writing: ``ChunkWorker(subject, plan)(cells)`` turns a chunk of cells into
+finished rows (a pure function of the subject, the plan and the cells); the driver (``run_sweep``)
+hands chunks to an executor (``local_executor``: a worker in this process) and writes each chunk's
+rows as one part, so rows land identically whoever computed them. A part exists only once complete
+(temp file + rename), so a sweep killed at any point (even ``kill -9``) resumes with ``resume=True``
+by skipping the cells of its intact parts: nothing is lost and nothing is written twice. Sweeps
+written by an older workbench (one part per cell, no settings hash) are read by ``load_sweep`` but
+not continued.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import platform
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..io import atomic_write, atomic_write_json
 from ..progress import progress
-from ..tasks.base import Task
-from ..tasks.metrics import get_metric
-from .ablations import get_ablation
-from .engine import Cell, baseline_values, cell_name, evaluate_cells
+from ..results import ResultFolder, data_digest, now
+from ..tasks.base import Task, TaskBatch
+from ..tasks.metrics import Metric, get_metric
+from .ablations import Ablation, get_ablation
+from .engine import Cell, CellEvaluator, baseline_values, cell_name, cells_per_forward, first_layer
 
 COLUMNS = ["cell", "layer", "head", "heads", "intervention", "metric", "value", "baseline", "effect", "sem",
-           "n_prompts", "seconds"]
+           "n_prompts", "seconds", "prompt_values"]
+MANIFEST = "sweep.json"
+MAX_PARTS = 256  # default chunk: at least 1/256 of the cells, so even 500k cells make few files
+LEGACY = ("this sweep was written by an older workbench (one part per cell, no settings hash): load_sweep and "
+          "SweepViewer still read it, but it cannot be continued")
 
 
 # ---------------------------------------------------------------------------------- cells
@@ -73,30 +85,44 @@ def head_pairs(heads) -> list[Cell]:
 
 
 # ----------------------------------------------------------------------------------- files
-def part_path(out: Path, intervention: str, cell: Cell) -> Path:
-    """Where a cell's finished rows live (a short hash for very long head lists)."""
-    name = f"{intervention}-{cell_name(cell)}"
-    if len(name) > 120:
-        name = f"{intervention}-{len(cell)}heads-{hashlib.sha1(name.encode()).hexdigest()[:16]}"
-    return out / "parts" / f"part-{name}.parquet"
+def sweep_folder(out) -> ResultFolder:
+    """The result folder of a sweep (manifest sweep.json, parts keyed by ``cell``)."""
+    return ResultFolder(out, MANIFEST, kind="sweep", key="cell", legacy=LEGACY)
 
 
-def load_sweep(out) -> pd.DataFrame:
-    """Every finished row of a sweep folder (possibly still running), sorted by layer and head; settings in ``.attrs['sweep']``."""
+def load_sweep(out, prompt_values: bool = True, cache: dict | None = None) -> pd.DataFrame:
+    """Every finished row of a sweep folder (possibly still running) made with its manifest's settings, sorted by layer and head; the manifest in ``.attrs['sweep']``.
+
+    ``prompt_values=False`` leaves out the per-prompt values (faster); ``cache``: a dict kept between
+    calls, so a poller re-reads only the parts written since its last call.
+    """
     out = Path(out)
-    if not (out / "sweep.json").is_file() and not (out / "parts").is_dir():
-        raise InputError(f"{out} holds no sweep (no sweep.json): run `workbench sweep --out {out}` first")
+    folder = sweep_folder(out)
+    if not folder.manifest_path.is_file() and not folder.parts.folder.is_dir():
+        raise InputError(f"{out} holds no sweep (no {MANIFEST}): run `workbench sweep --out {out}` first")
+    meta, table = folder.read(exclude=() if prompt_values else ("prompt_values",), cache=cache)
+    if meta is not None and not folder.is_current(meta):
+        df = _legacy_rows(folder, meta)
+    elif table is not None:
+        df = table.to_pandas()
+    else:
+        df = pd.DataFrame({c: [] for c in COLUMNS if prompt_values or c != "prompt_values"})
+    df = df.drop_duplicates(["cell", "metric"]).sort_values(["layer", "head", "heads", "metric"], ignore_index=True)
+    if meta is not None:
+        df.attrs["sweep"] = meta
+    return df
+
+
+def _legacy_rows(folder: ResultFolder, meta: dict) -> pd.DataFrame:
+    """Rows of a format-1 sweep (one part per cell, no settings hash), limited to the manifest's cells when it lists them."""
     frames = []
-    for path in sorted((out / "parts").glob("part-*.parquet")):
+    for path in folder.parts.paths():
         try:
             frames.append(pd.read_parquet(path))
-        except FileNotFoundError:  # replaced between listing and reading
+        except FileNotFoundError:
             continue
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in COLUMNS})
-    df = df.drop_duplicates(["cell", "metric"]).sort_values(["layer", "head", "heads", "metric"], ignore_index=True)
-    if (out / "sweep.json").is_file():
-        df.attrs["sweep"] = json.loads((out / "sweep.json").read_text())
-    return df
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: [] for c in COLUMNS[:-1]})
+    return df[df["heads"].isin(meta["cells"])] if meta.get("cells") else df
 
 
 def _versions() -> dict:
@@ -108,25 +134,86 @@ def _versions() -> dict:
             "python": platform.python_version()}
 
 
-def _rows(cell: Cell, intervention: str, result, base: dict, n_prompts: int) -> pd.DataFrame:
+# ------------------------------------------------------------------------------ computing
+@dataclass
+class SweepPlan:
+    """What every chunk of one sweep shares, all but the model: prompts, ablation, metrics, baselines, layers, batching."""
+
+    batch: TaskBatch
+    ablation: Ablation
+    metrics: list[Metric]
+    baseline: dict[str, float]
+    layers: tuple[int, ...]
+    max_rows: int | None = None
+    reuse_prefix: bool = True
+
+
+def cell_rows(result, plan: SweepPlan) -> pd.DataFrame:
+    """A finished cell's rows (one per metric, columns ``COLUMNS``) from its per-prompt values."""
+    cell, name = result.heads, plan.ablation.name
     layers = {l for l, _ in cell}
     rows = []
     for metric, values in result.values.items():
         value = float(np.mean(values))
         sem = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-        rows.append({"cell": f"{intervention}:{cell_name(cell)}", "layer": next(iter(layers)) if len(layers) == 1 else -1,
-                     "head": cell[0][1] if len(cell) == 1 else -1, "heads": cell_name(cell),
-                     "intervention": intervention, "metric": metric, "value": value, "baseline": base[metric],
-                     "effect": value - base[metric], "sem": sem, "n_prompts": n_prompts, "seconds": result.seconds})
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.astype({"layer": "int64", "head": "int64", "n_prompts": "int64"})
+        rows.append({"cell": f"{name}:{cell_name(cell)}", "layer": next(iter(layers)) if len(layers) == 1 else -1,
+                     "head": cell[0][1] if len(cell) == 1 else -1, "heads": cell_name(cell), "intervention": name,
+                     "metric": metric, "value": value, "baseline": plan.baseline[metric],
+                     "effect": value - plan.baseline[metric], "sem": sem, "n_prompts": len(values),
+                     "seconds": result.seconds, "prompt_values": np.asarray(values, dtype=np.float64)})
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"layer": "int64", "head": "int64", "n_prompts": "int64"})
+
+
+class ChunkWorker:
+    """Computes chunks of one sweep's cells on one subject: ``worker(cells)`` -> their finished rows.
+
+    The rows depend only on the subject, the plan and the cells; the worker keeps the prepared ablation
+    and the clean residual stream between chunks (chunks in order of first layer continue the stream).
+    """
+
+    def __init__(self, subject, plan: SweepPlan):
+        self.plan = plan
+        self.evaluate = CellEvaluator(subject, plan.batch, plan.ablation, plan.metrics, max_rows=plan.max_rows,
+                                      reuse_prefix=plan.reuse_prefix, layers=plan.layers)
+
+    def __call__(self, cells: Sequence[Cell], on_cell: Callable[[int], object] | None = None) -> pd.DataFrame:
+        """The finished rows (``COLUMNS``) of ``cells``; ``on_cell(1)`` after each cell (progress)."""
+        frames = []
+        for result in self.evaluate(cells):
+            frames.append(cell_rows(result, self.plan))
+            if on_cell is not None:
+                on_cell(1)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def local_executor(subject, plan: SweepPlan, chunks: Iterable[Sequence[Cell]],
+                   on_cell: Callable[[int], object] | None = None) -> Iterator[pd.DataFrame]:
+    """The in-process executor: one ChunkWorker computes the chunks in order and yields each chunk's rows."""
+    worker = ChunkWorker(subject, plan)
+    for chunk in chunks:
+        yield worker(chunk, on_cell)
+
+
+def plan_chunks(cells: Sequence[Cell], size: int, reuse_prefix: bool = True) -> list[list[Cell]]:
+    """The cells in order of first layer (prefix reuse), cut into chunks of ``size``: the unit of computing and of a part."""
+    ordered = sorted(cells, key=first_layer) if reuse_prefix else list(cells)
+    size = max(1, int(size))
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def default_chunk(n_cells: int, copies: int) -> int:
+    """Cells per chunk: one forward's worth of cells (``copies``), and at least 1/MAX_PARTS of the sweep."""
+    return max(1, copies, math.ceil(n_cells / MAX_PARTS))
 
 
 # ---------------------------------------------------------------------------------- runner
 def run_sweep(subject, task: Task, out, *, intervention="zero", metrics: Sequence | None = None,
               cells: Sequence[Cell] | None = None, resume: bool = False, seed: int = 0,
-              max_rows: int | None = None, reuse_prefix: bool = True) -> pd.DataFrame:
-    """Ablate each cell on the task's kept prompts and record mean metric, baseline and effect; returns ``load_sweep(out)``."""
+              max_rows: int | None = None, reuse_prefix: bool = True, chunk_cells: int | None = None) -> pd.DataFrame:
+    """Ablate each cell on the task's kept prompts and record per-prompt and mean metric, baseline and effect; returns ``load_sweep(out)``.
+
+    ``chunk_cells``: cells per part (default ``default_chunk``); a crash loses at most the chunk being computed.
+    """
     out = Path(out)
     ablation = get_ablation(intervention, seed)
     metrics = [get_metric(m) for m in (metrics or [task.default_metric])]
@@ -141,41 +228,37 @@ def run_sweep(subject, task: Task, out, *, intervention="zero", metrics: Sequenc
     for cell in cells:
         for layer, head in cell:
             subject.check_head(layer, head)
-    settings = {"model": subject.name, "task": task.describe(), "intervention": ablation.describe(),
-                "metrics": [m.name for m in metrics], "n_cells": len(cells),
+    if chunk_cells is not None and int(chunk_cells) < 1:
+        raise InputError(f"chunk_cells must be >= 1, got {chunk_cells}")
+    b = task.batch
+    settings = {"model": subject.name, "task": task.describe(),
+                "prompts_sha1": data_digest(b.input_ids, b.attention_mask, b.target_pos, b.target_ids, b.target_mask,
+                                            b.foil_ids),
+                "intervention": ablation.describe(), "metrics": [m.name for m in metrics], "n_cells": len(cells),
                 "cells_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(), "seed": seed,
                 "reuse_prefix": reuse_prefix}
-    meta_path = out / "sweep.json"
-    if meta_path.is_file():
-        previous = json.loads(meta_path.read_text())
-        if not resume:
-            raise InputError(f"{out} already holds a sweep: pass --resume (resume=True) to continue it, or choose another --out")
-        changed = [k for k in settings if previous.get("settings", {}).get(k) != json.loads(json.dumps(settings[k]))]
-        if changed:
-            raise InputError(f"{out} holds a sweep with different {', '.join(changed)}: resume it with the same "
-                             "settings, or choose another --out")
-        base, started = previous["baseline"], previous.get("started")
-    else:
-        started = None
-        base = {k: float(np.mean(v)) for k, v in baseline_values(subject, task.batch, metrics, max_rows).items()}
-    meta = {"settings": settings, "baseline": base, "model_facts": subject.facts(), "versions": _versions(),
-            "cells": names if len(names) <= 5000 else None, "status": "running",
-            "started": started or time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(meta_path, meta)
-    (out / "parts").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "parts").glob(".part-*.tmp"):  # a temp file left by a killed writer
-        stale.unlink(missing_ok=True)
-    todo = [c for c in cells if not part_path(out, ablation.name, c).is_file()]
-    bar = progress(total=len(cells), initial=len(cells) - len(todo), unit="cell",
-                   desc=f"{ablation.name} sweep of {subject.name} on {task.name}")
-    try:
-        for result in evaluate_cells(subject, task.batch, todo, ablation, metrics, max_rows=max_rows,
-                                     reuse_prefix=reuse_prefix):
-            rows = _rows(result.heads, ablation.name, result, base, len(task.batch))
-            atomic_write(part_path(out, ablation.name, result.heads), lambda p: rows.to_parquet(p, index=False))
-            bar.update(1)
-    finally:
-        bar.close()
-    meta.update(status="complete", finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    atomic_write_json(meta_path, meta)
+    with sweep_folder(out).open(settings, resume=resume) as folder:
+        if folder.previous is not None:
+            base, base_values = folder.previous["baseline"], folder.previous.get("baseline_prompt_values")
+            started = folder.previous.get("started")
+        else:
+            values = baseline_values(subject, b, metrics, max_rows)
+            base = {k: float(np.mean(v)) for k, v in values.items()}
+            base_values = {k: v.tolist() for k, v in values.items()}
+            started = now()
+        folder.update(baseline=base, baseline_prompt_values=base_values, model_facts=subject.facts(),
+                      versions=_versions(), cells=names if len(names) <= 5000 else None, status="running",
+                      started=started, finished=None)
+        todo = [c for c, name in zip(cells, names) if f"{ablation.name}:{name}" not in folder.done]
+        layers = tuple(sorted({layer for cell in todo for layer, _ in cell}))
+        plan = SweepPlan(b, ablation, metrics, base, layers, max_rows, reuse_prefix)
+        size = chunk_cells or default_chunk(len(cells), cells_per_forward(subject, b, max_rows)[1])
+        bar = progress(total=len(cells), initial=len(cells) - len(todo), unit="cell",
+                       desc=f"{ablation.name} sweep of {subject.name} on {task.name}")
+        try:
+            for rows in local_executor(subject, plan, plan_chunks(todo, size, reuse_prefix), bar.update):
+                folder.append(rows)
+        finally:
+            bar.close()
+        folder.update(status="complete", finished=now())
     return load_sweep(out)

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import InputError
 from ..io import atomic_write, atomic_write_json
+from ..models.subject import resolve_device
 from ..progress import progress
 from .config import ToyConfig
 from .data import GENERATORS, ToyBatch, make_batch
@@ -125,13 +126,6 @@ def lr_at(config: TrainConfig, step: int) -> float:
         return config.lr
     progress_ = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + np.cos(np.pi * progress_)))
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """"auto" (or None) is CUDA when present, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def batch_seed(seed: int, step: int) -> int:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import re
 
 import ipywidgets as widgets
 import numpy as np
 import torch
 
 from ..errors import InputError
+from ..inputs import as_heads
 from ..viz.heads import format_value, head_heatmap
 from .background import Jobs
 from .figure_widget import figure_widget, replace_figure
@@ -27,9 +27,7 @@ DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 def parse_heads(text: str, subject=None) -> list[tuple[int, int]]:
     """'18.6, 17.3' (or 'L18H6 L17H3') -> [(18, 6), (17, 3)], checked against ``subject`` if given."""
-    from ..cli.pattern_cmd import parse_head
-
-    heads = [parse_head(item) for item in re.split(r"[,;\s]+", text.strip()) if item]
+    heads = as_heads(text)
     if subject is not None:
         for layer, head in heads:
             subject.check_head(layer, head)
@@ -65,7 +63,7 @@ class AblationPlayground(widgets.VBox):
         self._before_cache: dict = {}
         self.jobs = Jobs(background)
 
-        heads = parse_heads(heads, subject) if isinstance(heads, str) else [(int(l), int(h)) for l, h in heads]
+        heads = parse_heads(heads, subject) if isinstance(heads, str) else as_heads(heads)
         for layer, head in heads:
             subject.check_head(layer, head)
         self.heads = widgets.Text(value=format_heads(heads),

@@ -2,7 +2,7 @@
 
 The folder may still be growing: the Refresh button (or polling) re-reads it with
 ``workbench.sweeps.runner.load_sweep``, which returns every finished cell (parts are written
-atomically, so a part that exists is complete).
+atomically and never changed, so a part that exists is complete, and a refresh reads only new parts).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class SweepViewer(widgets.VBox):
         self.k = int(k)
         self.rows = pd.DataFrame()
         self.meta: dict = {}
+        self._parts: dict = {}  # parts already read (they never change): a refresh reads only new ones
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
         self.updated_at: float | None = None
@@ -82,7 +83,7 @@ class SweepViewer(widgets.VBox):
         """Re-read the folder and redraw (what the button and the polling do)."""
         from ..sweeps.runner import load_sweep
 
-        self.jobs.run("reading the sweep", lambda report: load_sweep(self.folder), self._merge)
+        self.jobs.run("reading the sweep", lambda report: load_sweep(self.folder, prompt_values=False, cache=self._parts), self._merge)
 
     def wait(self, timeout: float | None = 60.0) -> "SweepViewer":
         """Block until the last refresh is shown; re-raise a failure."""
