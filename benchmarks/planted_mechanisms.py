@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,15 +26,15 @@ TASKS = ("temporal", "conflict", "retrieval")
 
 
 def one(task: str, seed: int, out: Path, force: bool) -> dict:
-    from workbench.errors import InputError
     from workbench.io import atomic_write_json
     from workbench.models import from_pretrained_folder
     from workbench.toy.planted import check_detectors, ground_truth, held_out_items
     from workbench.toy.train import TrainConfig, list_checkpoints, load_config, train
 
     result_path = out / "results" / f"{task}-seed{seed}.json"
-    if result_path.is_file() and not force:
-        return json.loads(result_path.read_text())
+    previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if previous and not force:
+        return previous
     config = load_config(ROOT / "data" / "toy" / f"toy-{task}-2l.toml")
     config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
     run = out / f"{config.name}-seed{seed}"
@@ -43,14 +44,17 @@ def one(task: str, seed: int, out: Path, force: bool) -> dict:
     step, folder = list_checkpoints(run)[-1]
     subject = from_pretrained_folder(config.name, folder, device="cpu")
     started = time.time()
+    if previous.get("steps") == step:  # rescored a finished run: keep the time its training took
+        train_s = previous["train_s"]
     result = {"task": task, "seed": seed, "steps": step, "train_s": round(train_s, 1)}
-    try:
-        check = check_detectors(subject, seed=0, out=run / "detectors")
-    except InputError as err:  # the mechanism did not form in this run: record it, do not score detectors
-        truth = ground_truth(subject, held_out_items(subject))
-        result.update(formed=False, reason=str(err), accuracy=truth.intact, truth=truth.summary(),
+    truth = ground_truth(subject, held_out_items(subject))
+    if not truth.heads:  # the mechanism did not form in this run: record it, do not score detectors
+        result.update(formed=False, reason="no ground-truth heads", accuracy=truth.intact, truth=truth.summary(),
                       attention=np.round(truth.attention, 4).tolist())
     else:
+        if force:  # the detectors' sweeps are a cache of this check: recompute them too
+            shutil.rmtree(run / "detectors", ignore_errors=True)
+        check = check_detectors(subject, seed=0, out=run / "detectors")
         result.update(formed=True, check_s=round(time.time() - started, 1), accuracy=check.accuracy,
                       truth=check.truth.summary(), detectors=check.table.to_dict("records"),
                       attention=np.round(check.truth.attention, 4).tolist(),
@@ -62,8 +66,6 @@ def one(task: str, seed: int, out: Path, force: bool) -> dict:
 def ship(task: str, out: Path) -> Path:
     """Copy the seed-0 run into data/toy/<name>/ as shipped: the run's tables, the tokenizer and only the final
     checkpoint, without optimizer state (what ``wb.load(name)`` and ``workbench trajectory`` read)."""
-    import shutil
-
     from workbench.toy.train import OPTIMIZER_FILE, list_checkpoints
 
     name = f"toy-{task}-2l"
