@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...detectors import Column, Detector, register
 from ...errors import InputError
-from .truth import MECHANISM, RELAY, mechanism_attention
+from .truth import MECHANISM, RELAYED, mechanism_attention
 from .worlds import WORLDS, world
 
 
@@ -21,12 +21,12 @@ def _planted(subject, ctx):
     items = w.all_test_items(ctx.seed).of(MECHANISM[w.kind][0])
     ctx.stimuli["planted"] = {"kind": w.kind, "items": len(items), "group": MECHANISM[w.kind][0],
                               "split": "test", "seed": ctx.seed}
-    return {"planted_attention": mechanism_attention(subject, items, relay=RELAY)}
+    return {"planted_attention": mechanism_attention(subject, items, relay=RELAYED[w.kind])}
 
 
 register(Detector("planted", {"planted_attention": Column(
     "mean attention from each answer position to the token the planted mechanism reads there (temporal facts: the "
-    "IN year; conflict facts: the context's attribute of the queried entity, CTX-cued items; kv retrieval: the "
-    f"stored value token being produced) or to a position where a lower-layer head puts >= {RELAY} of its "
-    "attention on that token, over the world's held-out items", "METHODS.md s13 (planted mechanisms)", "[0, 1]")},
+    "IN year, or a position a lower-layer head copied it into; conflict facts: the context's attribute of the "
+    "queried entity, CTX-cued items; kv retrieval: the stored value token being produced), over the world's "
+    "held-out items", "METHODS.md s13 (planted mechanisms)", "[0, 1]")},
     _planted, "the planted mechanism's attention (planted toy runs only)"))

@@ -2,13 +2,12 @@
 
 A head belongs to the planted mechanism when (1) at the answer positions of the items that need the mechanism it
 puts at least ``ATTENTION_THRESHOLD`` of its attention on the token the mechanism reads there (the IN year, the
-context's attribute of the queried entity, the stored value token being produced) or on a position that carries
-it: one where a lower-layer head puts at least ``RELAY`` of its attention on that token (a layer-0 head copying the
-year into the next position, or gathering a stored pair into the following key, makes that position a relay), and
-(2) zeroing it alone costs the control items (time-invariant facts, memory-cued conflicts, memorised keys) at most
-``CONTROL_DROP`` accuracy: a head that the control needs as much is doing something else as well. Then the whole
-set is checked by ablation: zeroing it must drop the mechanism's accuracy while the control stays, unlike random
-sets of as many other heads.
+context's attribute of the queried entity, the stored value token being produced; for the year, which is read
+rather than copied, also on positions that carry it: where a lower-layer head puts at least ``RELAY`` of its
+attention on the year, as when a layer-0 head copies the year into the next position), and (2) zeroing it alone costs
+the control items (time-invariant facts, memory-cued conflicts, memorised keys) at most ``CONTROL_DROP`` accuracy:
+a head that the control needs as much is doing something else as well. Then the whole set is checked by ablation:
+zeroing it must drop the mechanism's accuracy while the control stays, unlike random sets of as many other heads.
 
 Accuracy is exact match of the greedy answer (teacher-forced) on held-out items; ablation is zero ablation of the
 head's output z (``ZeroHead``), the same as the sweeps' ``zero`` intervention.
@@ -31,10 +30,13 @@ from .worlds import PlantedItems
 Head = tuple[int, int]
 ATTENTION_THRESHOLD = 0.3  # share of the head's attention on the needed token (uniform over ~20 keys is ~0.05)
 CONTROL_DROP = 0.2  # largest control-accuracy drop a mechanism head may cause when zeroed alone
-RELAY = 0.3  # a position carries the needed token when a lower-layer head puts this much attention on it from there
+RELAY = 0.3  # temporal facts: a position counts as the year when a lower-layer head reads the year from it this much
 # per world: (items that need the mechanism, control items that do not)
 MECHANISM = {"temporal_facts": ("temporal", "invariant"), "conflict_facts": ("context", "memory"),
              "kv_retrieval": ("retrieval", "closed")}
+# the year is *read* (its era decoded downstream), so it may reach the answer position through a relay position;
+# the context attribute and the needle value are *copied*, which takes attention to the token itself
+RELAYED = {"temporal_facts": RELAY, "conflict_facts": None, "kv_retrieval": None}
 
 
 def _names(heads) -> str:
@@ -110,14 +112,14 @@ class GroundTruth:
 
 
 def ground_truth(subject, items: PlantedItems, attention_threshold: float = ATTENTION_THRESHOLD,
-                 control_drop: float = CONTROL_DROP, relay: float | None = RELAY) -> GroundTruth:
+                 control_drop: float = CONTROL_DROP) -> GroundTruth:
     """The planted heads of ``subject`` on held-out ``items`` (both groups): attention criterion, then control check."""
     if items.kind not in MECHANISM:
         raise InputError(f"no ground truth defined for {items.kind!r}: use one of {', '.join(MECHANISM)}")
     mech, ctrl = MECHANISM[items.kind]
     if not (items.group == mech).any() or not (items.group == ctrl).any():
         raise InputError(f"ground truth needs both {mech} and {ctrl} items")
-    attention = mechanism_attention(subject, items.of(mech), relay=relay)
+    attention = mechanism_attention(subject, items.of(mech), relay=RELAYED[items.kind])
     intact = group_accuracy(subject, items)
     candidates = [(int(l), int(h)) for l, h in zip(*np.nonzero(attention >= attention_threshold))]
     control = items.of(ctrl)
@@ -125,7 +127,7 @@ def ground_truth(subject, items: PlantedItems, attention_threshold: float = ATTE
     heads = [h for h in candidates if drops[h] <= control_drop]
     ablated = group_accuracy(subject, items, heads) if heads else dict(intact)
     return GroundTruth(items.kind, heads, attention, drops, intact, ablated,
-                       {"attention_threshold": attention_threshold, "control_drop": control_drop, "relay": relay,
+                       {"attention_threshold": attention_threshold, "control_drop": control_drop,
                         "n_items": {g: int((items.group == g).sum()) for g in (mech, ctrl)}})
 
 
