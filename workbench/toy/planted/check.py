@@ -117,12 +117,13 @@ class PlantedCheck:
 
 
 def check_detectors(subject, data: dict | None = None, k: int | None = None, n_random: int = 5, seed: int = 0,
-                    out: str | Path | None = None) -> PlantedCheck:
+                    out: str | Path | None = None, relay: float | None | str = "world") -> PlantedCheck:
     """Ground truth, every detector's scores, and for each detector the precision/recall of its top-k (k = the number
-    of ground-truth heads unless given) and the accuracy drops when its top-k vs random k other heads are zeroed."""
+    of ground-truth heads unless given) and the accuracy drops when its top-k vs random k other heads are zeroed
+    (``relay`` as in ``ground_truth``)."""
     data = run_data(data if data is not None else subject)
     items = world(data).all_test_items(seed)
-    truth = ground_truth(subject, items)
+    truth = ground_truth(subject, items, relay=relay)
     k = k or len(truth.heads)
     if k < 1:
         raise InputError(f"no ground-truth heads in this model (attention map max "

@@ -4,7 +4,8 @@ A head belongs to the planted mechanism when (1) at the answer positions of the 
 puts at least ``ATTENTION_THRESHOLD`` of its attention on the token the mechanism reads there (the IN year, the
 context's attribute of the queried entity, the stored value token being produced; for the year, which is read
 rather than copied, also on positions that carry it: where a lower-layer head puts at least ``RELAY`` of its
-attention on the year, as when a layer-0 head copies the year into the next position), and (2) zeroing it alone costs
+attention on the year, as when a layer-0 head copies the year into the next position; ``relay=`` applies this to any
+world, as when a layer-0 head gathers a stored pair into the following key), and (2) zeroing it alone costs
 the control items (time-invariant facts, memory-cued conflicts, memorised keys) at most ``CONTROL_DROP`` accuracy:
 a head that the control needs as much is doing something else as well. Then the whole set is checked by ablation:
 zeroing it must drop the mechanism's accuracy while the control stays, unlike random sets of as many other heads.
@@ -112,14 +113,16 @@ class GroundTruth:
 
 
 def ground_truth(subject, items: PlantedItems, attention_threshold: float = ATTENTION_THRESHOLD,
-                 control_drop: float = CONTROL_DROP) -> GroundTruth:
-    """The planted heads of ``subject`` on held-out ``items`` (both groups): attention criterion, then control check."""
+                 control_drop: float = CONTROL_DROP, relay: float | None | str = "world") -> GroundTruth:
+    """The planted heads of ``subject`` on held-out ``items`` (both groups): attention criterion, then control check
+    (``relay``: the relay threshold, None for the token itself only, "world" for the world's own, ``RELAYED``)."""
     if items.kind not in MECHANISM:
         raise InputError(f"no ground truth defined for {items.kind!r}: use one of {', '.join(MECHANISM)}")
     mech, ctrl = MECHANISM[items.kind]
     if not (items.group == mech).any() or not (items.group == ctrl).any():
         raise InputError(f"ground truth needs both {mech} and {ctrl} items")
-    attention = mechanism_attention(subject, items.of(mech), relay=RELAYED[items.kind])
+    relay = RELAYED[items.kind] if relay == "world" else relay
+    attention = mechanism_attention(subject, items.of(mech), relay=relay)
     intact = group_accuracy(subject, items)
     candidates = [(int(l), int(h)) for l, h in zip(*np.nonzero(attention >= attention_threshold))]
     control = items.of(ctrl)
@@ -127,7 +130,7 @@ def ground_truth(subject, items: PlantedItems, attention_threshold: float = ATTE
     heads = [h for h in candidates if drops[h] <= control_drop]
     ablated = group_accuracy(subject, items, heads) if heads else dict(intact)
     return GroundTruth(items.kind, heads, attention, drops, intact, ablated,
-                       {"attention_threshold": attention_threshold, "control_drop": control_drop,
+                       {"attention_threshold": attention_threshold, "control_drop": control_drop, "relay": relay,
                         "n_items": {g: int((items.group == g).sum()) for g in (mech, ctrl)}})
 
 
