@@ -1,7 +1,7 @@
 """Needle-in-a-haystack stimuli (Wu et al. 2024's retrieval-head set-up; RULER's noise haystack).
 
-A test is one prompt of exactly ``length`` tokens: [template prefix] haystack[:i] needle haystack[i:]
-[template suffix: the question]. The needle is a sentence whose *answer* (a number or a rare word pair)
+A test is one prompt of exactly ``length`` tokens: ``[template prefix] haystack[:i] needle haystack[i:]
+[template suffix: the question]``. The needle is a sentence whose *answer* (a number or a rare word pair)
 occurs nowhere else in the prompt, so a generated answer token can only come from the needle. The
 insertion point ``i`` is ``depth`` % into the haystack, moved back to the previous sentence end as in
 Wu et al.'s code (depth 100: the very end). Prompts are assembled from token ids (never decoded and
