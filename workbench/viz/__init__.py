@@ -1,6 +1,6 @@
 """Views: plotly figures over per-head arrays and attention patterns, and the self-contained HTML report."""
 
-from .heads import format_value, head_heatmap, pattern_figure, top_table
+from .heads import estimate_scatter, format_value, head_heatmap, pattern_figure, top_table
 from .report import write_report
 
-__all__ = ["format_value", "head_heatmap", "pattern_figure", "top_table", "write_report"]
+__all__ = ["estimate_scatter", "format_value", "head_heatmap", "pattern_figure", "top_table", "write_report"]
