@@ -82,7 +82,8 @@ class ScanContext:
 REGISTRY: dict[str, Detector] = {}
 
 # modules that register more detectors when imported (analyses outside this file add themselves here)
-DETECTOR_MODULES: tuple[str, ...] = ("workbench.episodic.detector", "workbench.retrieval.detectors")
+DETECTOR_MODULES: tuple[str, ...] = ("workbench.episodic.detector", "workbench.retrieval.detectors",
+                                     "workbench.toy.planted.scan")
 
 
 def register(detector: Detector) -> Detector:

@@ -40,6 +40,7 @@ def run_models(args) -> int:
     from ..errors import DamagedModelError
     from ..models import DEFAULT_MODEL, describe_cache, load
     from ..models.cache import home
+    from ..models.registry import LOCAL
 
     print(f"cache: {home() / 'models'}  (set WORKBENCH_HOME to move it)")
     rows = describe_cache(hashes=args.verify)
@@ -58,6 +59,8 @@ def run_models(args) -> int:
     for row in rows:
         default = " [default]" if row["name"] == DEFAULT_MODEL else ""
         print(f"  {row['name']:<14}{default:<10} {_state(row)}\n      {row['description']}")
+    for spec in LOCAL.values():  # shipped in the repository: nothing to fetch
+        print(f"  {spec.name:<24} shipped ({spec.folder})\n      {spec.description}")
     print("  any local HF folder or hub id (org/name) also loads")
     damaged = [row["name"] for row in rows if row["state"] == "damaged"]
     if damaged:

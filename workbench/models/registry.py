@@ -96,5 +96,32 @@ LOCAL: dict[str, LocalSpec] = {
             weights_note="trained by `workbench train --config data/toy/toy-induction-2l.toml` (seed 0, CPU)",
             tags=("toy", "attention-only"),
         ),
+        LocalSpec(
+            name="toy-temporal-2l",
+            description="2-layer toy transformer (4 heads x 16 dims, MLP 128) with planted temporal heads: "
+                        "time-conditioned vs time-invariant facts (Park et al. 2025's contrast; data/toy/)",
+            folder="data/toy/toy-temporal-2l/checkpoints/step-0001000",
+            module="workbench.toy",
+            weights_note="trained by `workbench train --config data/toy/toy-temporal-2l.toml` (seed 0, CPU)",
+            tags=("toy", "planted"),
+        ),
+        LocalSpec(
+            name="toy-conflict-2l",
+            description="2-layer toy transformer (4 heads x 16 dims, MLP 128) with planted context heads: memorised "
+                        "facts vs a contradicting context under a MEM/CTX cue (PH3 / JUICE; data/toy/)",
+            folder="data/toy/toy-conflict-2l/checkpoints/step-0003000",
+            module="workbench.toy",
+            weights_note="trained by `workbench train --config data/toy/toy-conflict-2l.toml` (seed 0, CPU)",
+            tags=("toy", "planted"),
+        ),
+        LocalSpec(
+            name="toy-retrieval-2l",
+            description="2-layer attention-only toy transformer (4 heads x 16 dims) with planted retrieval heads: "
+                        "a key-value store in context, queried later (NIAH in miniature; data/toy/)",
+            folder="data/toy/toy-retrieval-2l/checkpoints/step-0002500",
+            module="workbench.toy",
+            weights_note="trained by `workbench train --config data/toy/toy-retrieval-2l.toml` (seed 0, CPU)",
+            tags=("toy", "planted", "attention-only"),
+        ),
     )
 }

@@ -8,23 +8,15 @@ positions a researcher wants the loss of separately (e.g. the first presentation
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from ..errors import InputError
+from .batch import ToyBatch
+from .planted.worlds import PLANTED_GENERATORS
 from .tokenizer import BOS_ID, EOS_ID, N_SPECIAL
 
-
-@dataclass
-class ToyBatch:
-    """``input_ids`` (B, N); ``loss_mask`` (B, N) bool: position t is a training target (predicted at t-1);
-    ``segments`` {name: (B, N) bool}: target positions reported separately; ``info``: what was generated."""
-
-    input_ids: torch.Tensor
-    loss_mask: torch.Tensor
-    segments: dict[str, torch.Tensor] = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
+__all__ = ["GENERATORS", "ToyBatch", "bursty_classification", "free_recall_lists", "make_batch", "markov_chains",
+           "repeated_tokens"]
 
 
 def _content(vocab_size: int, needed: int, what: str) -> int:
@@ -163,7 +155,7 @@ def free_recall_lists(vocab_size: int, batch: int, gen: torch.Generator, list_le
 
 
 GENERATORS = {"repeated": repeated_tokens, "markov": markov_chains, "bursty": bursty_classification,
-              "recall": free_recall_lists}
+              "recall": free_recall_lists, **PLANTED_GENERATORS}
 
 
 def make_batch(data: dict, vocab_size: int, batch: int, seed: int) -> ToyBatch:

@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"
     model: dict = field(default_factory=dict)  # ToyConfig fields
     data: dict = field(default_factory=lambda: {"kind": "repeated", "seq_len": 50, "min_len": 8})
+    eval_data: dict = field(default_factory=dict)  # overrides of `data` for a second, held-out evaluation
     scores: dict = field(default_factory=dict)  # see trajectory.ScoreConfig
 
     def __post_init__(self):
@@ -132,12 +133,14 @@ def batch_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step + 1
 
 
-def token_losses(model, batch: ToyBatch, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-target cross-entropy (B, N-1) of next-token prediction, and the float mask of targets."""
+def token_losses(model, batch: ToyBatch, device, hits: bool = False):
+    """Per-target cross-entropy (B, N-1) of next-token prediction and the mask of targets; with ``hits``, also
+    whether each prediction's argmax is the target (B, N-1)."""
     ids = batch.input_ids.to(device)
     logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
     losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
-    return losses.view(ids.shape[0], -1), batch.loss_mask[:, 1:].to(device)
+    out = losses.view(ids.shape[0], -1), batch.loss_mask[:, 1:].to(device)
+    return (*out, logits.argmax(-1) == ids[:, 1:]) if hits else out
 
 
 def segment_losses(losses: torch.Tensor, batch: ToyBatch) -> dict[str, float]:
@@ -229,7 +232,7 @@ def _start(config: TrainConfig, run_dir: Path, resume: bool, device):
     if checkpoints and not resume:
         raise InputError(f"{run_dir} already holds a run: resume it (the default), pass a new --out folder, "
                          "or delete the folder to start over")
-    if saved.is_file() and json.loads(saved.read_text()) != config.to_dict():
+    if saved.is_file() and TrainConfig.from_dict(json.loads(saved.read_text())).to_dict() != config.to_dict():
         raise InputError(f"{run_dir} holds a run with a different config ({saved}): use a new --out folder "
                          "to train with this one")
     atomic_write_json(saved, config.to_dict())
@@ -258,13 +261,21 @@ def _start(config: TrainConfig, run_dir: Path, resume: bool, device):
 
 @torch.no_grad()
 def evaluate(model, config: TrainConfig, device) -> dict[str, float]:
-    """Held-out loss (overall and per segment) on a fixed batch drawn with seed (seed, -1)."""
+    """Loss and top-1 accuracy (overall and per segment) on a fixed batch drawn with seed (seed, -1), as ``eval_*``;
+    with ``eval_data``, also on a batch of ``data`` updated by it (e.g. held-out items), as ``heldout_*``."""
     was_training = model.training
     model.eval()
-    batch = make_batch(config.data, model.config.vocab_size, config.eval_batch, batch_seed(config.seed, -1))
-    losses, mask = token_losses(model, batch, device)
-    out = {"eval_loss": float(losses[mask].mean()),
-           **{f"eval_{k}": v for k, v in segment_losses(losses, batch).items()}}
+    out = {}
+    sets = [("eval", config.data)] + ([("heldout", {**config.data, **config.eval_data})] if config.eval_data else [])
+    for prefix, data in sets:
+        batch = make_batch(data, model.config.vocab_size, config.eval_batch, batch_seed(config.seed, -1))
+        losses, mask, hits = token_losses(model, batch, device, hits=True)
+        out[f"{prefix}_loss"] = float(losses[mask].mean())
+        out.update({f"{prefix}_{k}": v for k, v in segment_losses(losses, batch).items()})
+        out[f"{prefix}_accuracy"] = float(hits[mask].float().mean())
+        for name, seg in batch.segments.items():
+            m = seg[:, 1:].to(device)
+            out[f"{prefix}_accuracy_{name}"] = float(hits[m].float().mean()) if bool(m.any()) else float("nan")
     model.train(was_training)
     return out
 

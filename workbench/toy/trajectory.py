@@ -103,11 +103,13 @@ def lag_scores(subject, config: ScoreConfig) -> tuple[pd.DataFrame, dict]:
     return table, columns
 
 
-def score_checkpoint(subject, step: int, config: ScoreConfig):
-    """Score one checkpoint: the scan's Atlas (plus CMR columns) and the lag-CRP table, both tagged with ``step``."""
+def score_checkpoint(subject, step: int, config: ScoreConfig, train_data: dict | None = None):
+    """Score one checkpoint: the scan's Atlas (plus CMR columns) and the lag-CRP table, both tagged with ``step``.
+    Detectors that need the run's training data (``planted``) find it in the scan settings as ``train_data``."""
     from ..scanning import scan
 
-    atlas = scan(subject, config.detectors, seed=config.seed, settings=config.settings)
+    settings = {**({"train_data": train_data} if train_data else {}), **config.settings}
+    atlas = scan(subject, config.detectors, seed=config.seed, settings=settings)
     lag = None
     notes = {}
     if config.lag_crp:
@@ -164,7 +166,7 @@ def score_missing(run_dir: str | Path, subject=None, rescore: bool = False, devi
             weights = load_file(str(folder / "model.safetensors"), device=str(subject.device))
             subject.model.load_state_dict(weights, strict=False)
             subject.model.eval()
-            atlas, lag = score_checkpoint(subject, step, scores)
+            atlas, lag = score_checkpoint(subject, step, scores, config.data)
             table = _append(run_dir / ATLAS_FILE, atlas.table.assign(step=step), step)
             if lag is not None:
                 _append(run_dir / LAG_FILE, lag, step)
@@ -265,7 +267,7 @@ def summary(run: Run, columns: Sequence[str] = ("induction", "previous_token", "
     out = {"run": str(run.path), "steps": run.config.get("steps"), "checkpoints_scored": len(run.steps),
            "phase_change": phase_change(run.log) if "loss_repeat" in run.log.columns else None,
            "final_eval": {} if run.evals.empty else {k_: float(v) for k_, v in run.evals.iloc[-1].items()
-                                                      if k_.startswith("eval_")},
+                                                      if k_.startswith(("eval_", "heldout_"))},
            "top": {}}
     for column in columns:
         if column not in run.score_columns:
@@ -285,8 +287,11 @@ def format_summary(info: dict) -> str:
     phase = info["phase_change"]
     lines.append("phase change of the repeat loss: " + (
         f"step {phase['step']} ({phase['early']:.3f} -> {phase['final']:.3f} nats)" if phase else "none found"))
-    if info["final_eval"]:
-        lines.append("final held-out loss: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in info["final_eval"].items()))
+    for prefix, label in (("eval_", "final evaluation (fresh training-distribution batch)"),
+                          ("heldout_", "final held-out items")):
+        values = {k[len(prefix):]: v for k, v in info["final_eval"].items() if k.startswith(prefix)}
+        if values:
+            lines.append(f"{label}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
     for column, heads in info["top"].items():
         lines.append(f"top {column}: " + ", ".join(
             f"{h['head']} {h['value']:.3f}" + (f" (rose at step {h['onset_step']})" if h["onset_step"] else "")
