@@ -1,6 +1,8 @@
 """Detectors: named recipes that build a stimulus, capture once, and turn captures into Atlas columns.
 
-A detector's ``compute(subject, ctx)`` returns {column: (n_layers, n_heads) array}. ``ctx`` caches
+A detector's ``compute(subject, ctx)`` returns {column: (n_layers, n_heads) array, or ``ItemScores``: the
+per-item values (sequences, prompts, NIAH tests) whose mean is the score and whose bootstrap gives its
+interval (``workbench.scores.intervals``)}. A plain array gets no interval. ``ctx`` caches
 captures by stimulus, so detectors that share a stimulus share one forward pass. Analyses in other
 modules add detectors with :func:`register`.
 """
@@ -16,8 +18,10 @@ import torch
 from .errors import InputError
 from .patterns import ZRecorder, capture, capture_stats, predict_capture_bytes, select_heads
 from .patterns.memory import available_bytes
-from .scores import copying_score, duplicate_token_score, induction_score, previous_token_score, sink_rate
-from .scores.sinks import key_importance
+from .scores.copying import copying_items
+from .scores.induction import duplicate_token_items, induction_items, previous_token_items
+from .scores.intervals import ItemScores
+from .scores.sinks import sink_items
 from .scores.streamed import (duplicate_token_from_lags, previous_token_from_lags,
                               target_mass_from_stats)
 from .stimuli import random_token_ids, repeated_random_tokens
@@ -148,21 +152,23 @@ class RepeatAttention:
     edges: torch.Tensor | None = None
     target_prob: torch.Tensor | None = None  # (L, H, B, N, 1)
 
-    def previous_token(self):
+    def previous_token(self) -> ItemScores:
         if self.mode == "exact":
-            return previous_token_score(self.patterns)
-        return previous_token_from_lags(self.lag_mass, self.edges)
+            return ItemScores.from_tensor(*previous_token_items(self.patterns), unit="sequences")
+        return ItemScores.from_tensor(*previous_token_from_lags(self.lag_mass, self.edges), unit="sequences")
 
-    def duplicate_token(self):
+    def duplicate_token(self) -> ItemScores:
         if self.mode == "exact":
-            return duplicate_token_score(self.patterns, self.stim.input_ids)
+            return ItemScores.from_tensor(*duplicate_token_items(self.patterns, self.stim.input_ids), unit="sequences")
         s = self.stim
-        return duplicate_token_from_lags(self.lag_mass, self.edges, s.seq_len, s.n_repeats, s.offset)
+        items = duplicate_token_from_lags(self.lag_mass, self.edges, s.seq_len, s.n_repeats, s.offset)
+        return ItemScores.from_tensor(*items, unit="sequences")
 
-    def induction(self):
+    def induction(self) -> ItemScores:
         if self.mode == "exact":
-            return induction_score(self.patterns, self.stim.induction_target)
-        return target_mass_from_stats(self.target_prob, self.stim.induction_target)
+            return ItemScores.from_tensor(*induction_items(self.patterns, self.stim.induction_target), unit="sequences")
+        items = target_mass_from_stats(self.target_prob, self.stim.induction_target)
+        return ItemScores.from_tensor(*items, unit="sequences")
 
 
 def _repeat_attention(subject, ctx: ScanContext) -> RepeatAttention:
@@ -188,15 +194,15 @@ def _repeat_attention(subject, ctx: ScanContext) -> RepeatAttention:
 
 
 def _previous_token(subject, ctx):
-    return {"previous_token": _repeat_attention(subject, ctx).previous_token().numpy()}
+    return {"previous_token": _repeat_attention(subject, ctx).previous_token()}
 
 
 def _duplicate_token(subject, ctx):
-    return {"duplicate_token": _repeat_attention(subject, ctx).duplicate_token().numpy()}
+    return {"duplicate_token": _repeat_attention(subject, ctx).duplicate_token()}
 
 
 def _induction(subject, ctx):
-    return {"induction": _repeat_attention(subject, ctx).induction().numpy()}
+    return {"induction": _repeat_attention(subject, ctx).induction()}
 
 
 def _copying(subject, ctx):
@@ -218,11 +224,11 @@ def _copying(subject, ctx):
         stats = capture_stats(subject, ids, AttentionStatsRequest(rows=queries), extra_hooks=[zrec])
         rows = {layer: stats.stats[layer]["rows"].transpose(0, 1) for layer in stats.stats}
         z = {layer: torch.cat(parts) for layer, parts in zrec.z.items()}
-    out = np.zeros((subject.n_layers, subject.n_heads))
+    out = np.zeros((subject.n_layers, subject.n_heads, ids.shape[0]))
     for layer in range(subject.n_layers):
         logits = subject.direct_logits(layer, z[layer][:, queries]).cpu()  # (H, B, Q, V)
-        out[layer] = copying_score(logits, rows[layer], ids, first_key=stim.offset).numpy()
-    return {"copying": out}
+        out[layer] = copying_items(logits, rows[layer], ids, first_key=stim.offset).numpy()
+    return {"copying": ItemScores.from_tensor(out, unit="sequences")}
 
 
 def _sink(subject, ctx):
@@ -243,9 +249,9 @@ def _sink(subject, ctx):
                                    "seed": ctx.seed + 2}
         return _by_layer(capture(subject, ids), subject)
 
-    pats = ctx.get("sink", build)
-    return {"sink_rate": sink_rate(pats, key=0, epsilon=0.3).numpy(),
-            "sink_mass": key_importance(pats)[..., 0].mean(-1).numpy()}
+    has_sink, alpha = sink_items(ctx.get("sink", build), key=0, epsilon=0.3)
+    return {"sink_rate": ItemScores.from_tensor(has_sink, unit="prompts"),
+            "sink_mass": ItemScores.from_tensor(alpha, unit="prompts")}
 
 
 for _det in (
