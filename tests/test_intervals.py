@@ -173,3 +173,72 @@ def test_views_show_the_intervals(tmp_path):
     html = atlas.to_html(tmp_path / "r.html").read_text()
     assert "Interval (induction_lo, induction_hi): 95% expanded percentile bootstrap" in html
     assert "[" in atlas._repr_html_()
+
+
+def test_explorer_lists_each_scores_interval():
+    from workbench.viz import format_interval
+    from workbench.widgets import HeadExplorer
+
+    subject = tiny_llama(seed=1)
+    atlas = wb.scan(subject, ["induction"], seed=0, settings=SMALL).with_scores("plain", np.full((2, 4), 0.25),
+                                                                               **DESCRIBE)
+    e = HeadExplorer(atlas, subject, head=(1, 2), background=False)
+    lo, hi = atlas.interval("induction")
+    assert format_interval(lo[1, 2], hi[1, 2]) in e.head_info.value
+    assert e.head_info.value.count("[") == 1  # 'plain' has no interval and shows none
+
+
+# ------------------------------------------------------------------------------------------------ test-retest
+def test_retest_matches_spearman_and_lists_the_flipping_heads():
+    from scipy.stats import spearmanr
+
+    from workbench.replicates import retest
+
+    base = Atlas.for_model(2, 3, 3, ["full", "full"], {"model": "m"})
+    a = np.array([[0.05, 0.2, 0.5], [0.31, 0.9, 0.0]])
+    b = np.array([[0.06, 0.28, 0.45], [0.27, 0.8, 0.01]])  # L1H0 drops below 0.3; ranks of L0H1/L1H0 swap
+    atlases = [base.with_scores("induction", m, **DESCRIBE).with_scores("other", m ** 2, **DESCRIBE) for m in (a, b)]
+    out = retest(atlases)
+    assert out["induction"]["spearman_mean"] == pytest.approx(spearmanr(a.ravel(), b.ravel()).statistic, abs=1e-4)
+    assert out["induction"]["n_past"] == [3, 2] and out["induction"]["n_flips"] == 1
+    assert out["induction"]["flips"] == {"L1H0": [0.31, 0.27]}
+    assert out["induction"]["spearman_mean"] == pytest.approx(1 - 6 * 2 / (6 * 35), abs=1e-4)  # one swap: 0.943
+    past = np.array([False, False, True, True, True, False])  # past 0.3 in either replicate: L0H2, L1H0, L1H1
+    assert out["induction"]["spearman_past_mean"] == pytest.approx(
+        spearmanr(a.ravel()[past], b.ravel()[past]).statistic, abs=1e-4)
+    assert out["induction"]["spearman_past_mean"] == 1.0  # the swap is among heads below the threshold
+    assert "threshold" not in out["other"] and out["other"]["spearman_mean"] == out["induction"]["spearman_mean"]
+    with pytest.raises(InputError, match="at least 2 replicates"):
+        retest(atlases[:1])
+
+
+def test_scan_replicates_records_the_retest_and_the_report_shows_it(tmp_path):
+    from workbench.replicates import retest, scan_replicates
+
+    subject = tiny_llama(seed=1)
+    rep = scan_replicates(subject, 3, detectors=["induction", "sink"], seed=5, settings=SMALL)
+    assert rep.seeds == [5, 6, 7] and [a.meta["seed"] for a in rep.atlases] == [5, 6, 7]
+    assert np.array_equal(rep.atlas.matrix("induction"), wb.scan(subject, ["induction"], seed=5,
+                                                                 settings=SMALL).matrix("induction"))
+    assert rep.atlas.meta["test_retest"] == retest(rep.atlases) == rep.retest
+    assert len(rep.retest["induction"]["pairs"]) == 3 and -1 <= rep.retest["induction"]["spearman_min"] <= 1
+    assert rep.retest["sink_mass"]["threshold"] == 0.3
+    html = rep.atlas.to_html(tmp_path / "r.html").read_text()
+    assert "Test-retest" in html and "stimulus seeds [5, 6, 7]" in html
+    with pytest.raises(InputError, match="replicates must be an integer >= 2"):
+        scan_replicates(subject, 1)
+
+
+def test_cli_scan_replicates_and_intervals(tmp_path, tiny_folder, capsys):
+    from workbench.cli import main
+
+    out = tmp_path / "scan"
+    argv = ["scan", "--model", str(tiny_folder), "--detectors", "induction", "--batch", "3", "--seq-len", "12",
+            "--replicates", "2", "--intervals", "200", "--interval-level", "0.9", "--out", str(out)]
+    assert main(argv) == 0
+    assert "test-retest induction: Spearman" in capsys.readouterr().out
+    atlas = Atlas.load(out)
+    assert atlas.meta["replicate_seeds"] == [0, 1] and "induction" in atlas.meta["test_retest"]
+    assert atlas.interval_info("induction")["resamples"] == 200 and atlas.interval_info("induction")["level"] == 0.9
+    assert main(["scan", "--model", str(tiny_folder), "--interval-level", "1.5", "--out", str(tmp_path / "x")]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err

@@ -349,6 +349,16 @@ class Atlas:
         sections += [(name, [self._description(name), figures[name], figures[f"top_{name}"]]
                       + ([figures[f"interval_{name}"]] if f"interval_{name}" in figures else []))
                      for name in self.score_columns]
+        if self.meta.get("test_retest"):
+            from .viz.heads import top_table
+
+            seeds = self.meta.get("replicate_seeds", [])
+            sections.append(("Test-retest", [
+                f"The scan was repeated with stimulus seeds {seeds}; per score, the Spearman correlation between "
+                "replicates over all heads (mean and minimum over pairs), over the heads past the paper's threshold "
+                "in either replicate, how many heads are past it in each replicate, and the heads whose class "
+                "flips between replicates (their scores per replicate in atlas.json, key test_retest). "
+                + self.meta.get("test_retest_note", ""), top_table(_retest_frame(self.meta["test_retest"]))]))
         if extra_figures:
             sections.append(("More figures", list(extra_figures.values())))
         title = title or f"Head atlas: {self.meta.get('model', 'unnamed model')}"
@@ -380,6 +390,20 @@ def _interval_text(info: dict) -> str:
     level = f"{100 * level:g}% " if isinstance(level, (int, float)) else ""
     return (f"{level}{info.get('method', 'interval')} over {info.get('items', '?')} {info.get('unit', 'items')}, "
             f"{info.get('resamples', '?')} resamples, seed {info.get('seed', '?')}")
+
+
+def _retest_frame(retest: dict) -> pd.DataFrame:
+    """The test-retest summary (``workbench.replicates.retest``) as one row per score."""
+    rows = []
+    for name, e in retest.items():
+        flips = list(e.get("flips", {}))
+        threshold = f"{'>' if e.get('direction') == 'above' else '<'} {e['threshold']:g}" if "threshold" in e else ""
+        rows.append({"score": name, "spearman mean": e.get("spearman_mean"), "spearman min": e.get("spearman_min"),
+                     "spearman past threshold": e.get("spearman_past_mean"), "threshold": threshold,
+                     "heads past it": " / ".join(map(str, e.get("n_past", []))),
+                     "class flips": (f"{len(flips)}: " + ", ".join(flips[:12]) + (" ..." if len(flips) > 12 else ""))
+                     if "threshold" in e else ""})
+    return pd.DataFrame(rows)
 
 
 def _integers(column: pd.Series, name: str) -> pd.Series:
