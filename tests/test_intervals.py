@@ -239,6 +239,8 @@ def test_cli_scan_replicates_and_intervals(tmp_path, tiny_folder, capsys):
     assert "test-retest induction: Spearman" in capsys.readouterr().out
     atlas = Atlas.load(out)
     assert atlas.meta["replicate_seeds"] == [0, 1] and "induction" in atlas.meta["test_retest"]
+    second = Atlas.load(out / "replicates" / "seed-1")  # every replicate is saved as it finishes
+    assert second.meta["seed"] == 1 and not np.array_equal(second.matrix("induction"), atlas.matrix("induction"))
     assert atlas.interval_info("induction")["resamples"] == 200 and atlas.interval_info("induction")["level"] == 0.9
     assert main(["scan", "--model", str(tiny_folder), "--interval-level", "1.5", "--out", str(tmp_path / "x")]) == 2
     assert "between 0 and 1" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -111,13 +112,19 @@ class Replicates:
 
 
 def scan_replicates(subject, replicates: int, detectors=DEFAULT_DETECTORS, seed: int = 0,
-                    settings: dict | None = None) -> Replicates:
-    """Scan ``replicates`` times with stimulus seeds seed, seed+1, ...; the seed-``seed`` Atlas gets meta test_retest (``retest``) and replicate_seeds."""
+                    settings: dict | None = None, out=None) -> Replicates:
+    """Scan ``replicates`` times with stimulus seeds seed, seed+1, ...; the seed-``seed`` Atlas gets meta test_retest (``retest``) and replicate_seeds.
+
+    With ``out``, each replicate's Atlas is saved to ``out/seed-<s>`` as soon as it is scanned.
+    """
     if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)) or replicates < 2:
         raise InputError(f"replicates must be an integer >= 2 (one scan per stimulus seed), got {replicates!r}")
     seeds = [seed + i for i in range(int(replicates))]
-    atlases = [scan(subject, detectors, seed=s, settings=settings)
-               for s in progress(seeds, desc="replicates", unit="scan")]
+    atlases = []
+    for s in progress(seeds, desc="replicates", unit="scan"):
+        atlases.append(scan(subject, detectors, seed=s, settings=settings))
+        if out is not None:
+            atlases[-1].save(Path(out) / f"seed-{s}")
     summary = retest(atlases)
     note = {}
     if (settings or {}).get("sink_texts"):

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--interval-level", type=validate.fraction, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--replicates", type=validate.count(2), default=None,
                    help="test-retest: scan K times with stimulus seeds seed..seed+K-1 and record, per score, the "
-                        "Spearman between replicates and the heads whose class flips (atlas.json and the report)")
+                        "Spearman between replicates and the heads whose class flips (atlas.json and the report); "
+                        "each replicate's atlas goes to OUT/replicates/seed-S")
     p.add_argument("--text", default=None, type=validate.input_file, help="a text file whose paragraphs become the natural-text prompts of the sink detector")
     p.set_defaults(func=run)
 
@@ -55,7 +56,7 @@ def run(args) -> int:
         from ..replicates import scan_replicates
 
         atlas = scan_replicates(subject, args.replicates, detectors=args.detectors, seed=args.seed,
-                                settings=settings).atlas
+                                settings=settings, out=out / "replicates").atlas
     else:
         atlas = scan(subject, detectors=args.detectors, seed=args.seed, settings=settings)
     atlas.save(out)
