@@ -1,7 +1,7 @@
 """Needle-in-a-haystack stimuli (Wu et al. 2024's retrieval-head set-up; RULER's noise haystack).
 
-A test is one prompt of exactly ``length`` tokens: [template prefix] haystack[:i] needle haystack[i:]
-[template suffix: the question]. The needle is a sentence whose *answer* occurs nowhere else in the prompt,
+A test is one prompt of exactly ``length`` tokens: ``[template prefix] haystack[:i] needle haystack[i:]
+[template suffix: the question]``. The needle is a sentence whose *answer* occurs nowhere else in the prompt,
 so a generated answer token can only come from the needle. Needles come in families (``FAMILIES``): a
 7-digit number, a four-word password, a letter-digit code and a person's name; the default grid mixes
 them in equal numbers, and its seeded needles have answers of at least ``MIN_ANSWER_TOKENS`` tokens, so
