@@ -244,3 +244,23 @@ def test_cli_scan_replicates_and_intervals(tmp_path, tiny_folder, capsys):
     assert atlas.interval_info("induction")["resamples"] == 200 and atlas.interval_info("induction")["level"] == 0.9
     assert main(["scan", "--model", str(tiny_folder), "--interval-level", "1.5", "--out", str(tmp_path / "x")]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_retrieval_items_are_the_correct_tests_per_family():
+    import pandas as pd
+
+    from workbench.retrieval.niah import NiahRun
+
+    rng = np.random.default_rng(2)
+    scores = rng.uniform(size=(6, 2, 3))
+    table = pd.DataFrame({"kind": ["number", "code", "number", "code", "number", "code"],
+                          "correct": [True, True, False, True, True, False]})
+    run = NiahRun(table, scores)
+    items = run.retrieval_items()
+    assert items.n_items == 4 and np.allclose(items.mean(), run.retrieval_scores())
+    assert np.allclose(run.retrieval_items("number").mean(), scores[[0, 4]].mean(0))
+    assert np.allclose(run.retrieval_items("code").mean(), scores[[1, 3]].mean(0))
+    assert np.isnan(NiahRun(table.assign(correct=False), scores).retrieval_items().mean()).all()
+    atlas = Atlas.for_model(2, 3, 3, ["full", "full"], {}).with_scores("retrieval", items, **DESCRIBE)
+    assert atlas.interval_info("retrieval")["items"] == 4
+    assert atlas.interval_info("retrieval")["unit"] == "NIAH tests answered correctly"
