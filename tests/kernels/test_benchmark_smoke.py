@@ -32,3 +32,22 @@ def test_benchmark_smoke_checks_times_and_appends_results(tmp_path, capsys):
     bench.append_results(str(results), result, ["--again"])  # a later run: same section, newest first
     text = results.read_text()
     assert text.count("## Attention-statistics kernels") == 1 and text.index("--again") < text.index("--smoke")
+
+
+def test_benchmark_cpu_path_checks_times_and_runs_end_to_end(tmp_path, capsys):
+    """--device cpu: the fast CPU path against the reference, per layer against SDPA, and a streamed scan against a
+    plain forward (interleaved) through the model."""
+    spec = importlib.util.spec_from_file_location("attention_stats_benchmark_cpu", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--device", "cpu", "--sizes", "64", "--check-sizes", "37", "--repeats", "1", "--e2e", "smollm2-135m:33",
+            "--e2e-requests", "scan", "--before", "33", "--out", str(tmp_path), "--results", str(tmp_path / "RESULTS.md")]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert "fast CPU path (float32)" in out and out.count("PASS") == 3  # 2 masks x float32 + total
+    result = json.loads((tmp_path / "attention_stats.json").read_text())
+    assert result["backend"] == "cpu" and result["sizes"][0]["ratio"] > 0
+    (e2e,) = result["e2e"]
+    assert e2e["request"] == "scan" and e2e["n"] == 33 and e2e["finite"] and e2e["stats_ms"] > 0
+    assert e2e["before_ms"] > 0  # the reference backend, timed in the same run
+    assert "| scan | 33 |" in (tmp_path / "RESULTS.md").read_text()

@@ -8,7 +8,6 @@ each run (the seed is in every failure message); outputs are poisoned before lau
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import pytest
 import torch
@@ -22,91 +21,40 @@ from workbench.kernels import AttentionStatsRequest, attention_stats, log_lag_ed
 from workbench.kernels.api import resolve_backend  # noqa: E402
 from workbench.kernels.reference import reference_attention_stats  # noqa: E402
 from workbench.kernels.triton_stats import triton_attention_stats  # noqa: E402
+from tests.kernels import cases  # noqa: E402
+from tests.kernels.cases import MATRIX, POISON, compare, full_request, rel_err, seed  # noqa: E402
 
 DEV = "cuda" if GPU else "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # interpreter: log2(0) of empty rows
 TOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2, torch.float16: 1e-2}
-POISON = 7777.0
+TF32_TOL = 1e-2  # float32 inputs through tf32 tensor cores (10-bit mantissa), the GPU default
 SMALL = {"config": dict(block_r=32, block_n=16, num_warps=4, num_stages=1)}  # many tiles at small N, GPU too
 
 
 def inputs(seed, b, hq, hkv, nq, nk, d, dtype=torch.float32):
-    """Random q (B,Hq,Nq,D), k (B,Hkv,Nk,D) with a few large scores, so rows are neither flat nor one-hot."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(b, hq, nq, d, generator=g) * 1.5
-    k = torch.randn(b, hkv, nk, d, generator=g)
-    return q.to(DEV, dtype), k.to(DEV, dtype)
+    return cases.inputs(seed, b, hq, hkv, nq, nk, d, dtype, DEV)
 
 
-def full_request(seed, b, nq, nk, topk=3, lags=(-1, 0, 2)):
-    """Every statistic at once, with random targets (some -1) and spans."""
-    g = torch.Generator().manual_seed(seed + 1)
-    targets = torch.randint(-1, nk, (b, nq), generator=g)
-    s0 = torch.randint(0, nk, (b, 2, 1), generator=g)
-    spans = torch.cat([s0, s0 + torch.randint(0, 9, (b, 2, 1), generator=g)], dim=-1)
-    return AttentionStatsRequest(entropy=True, first_k=min(4, nk), spans=spans, lag_bins=log_lag_edges(max(nk, 2)),
-                                 targets=targets, target_lags=lags, topk=topk)
-
-
-def rel_err(a, r):
-    return ((a - r).norm() / r.norm().clamp_min(1e-30)).item()
-
-
-def compare(out, ref, tol, msg):
-    """Every statistic within relative error tol; NaN exactly where the reference has NaN; top-k indices equal
-    where the reference's neighbouring probabilities are clearly apart; nothing left poisoned."""
-    for name, r in ref.items():
-        if name == "topk_index":
-            continue
-        a = out[name].double().cpu()
-        r = r.double().cpu()[..., :a.shape[-1]]  # the reference has one more top-k slot
-        assert not (a == POISON).any(), f"{name}: unwritten elements; {msg}"
-        assert torch.equal(torch.isnan(a), torch.isnan(r)), f"{name}: NaN pattern differs; {msg}"
-        fin = torch.isfinite(r)
-        assert torch.equal(torch.isfinite(a), fin), f"{name}: inf pattern differs; {msg}"
-        if fin.any():
-            assert rel_err(a[fin], r[fin]) < tol, f"{name}: rel err {rel_err(a[fin], r[fin]):.2e}; {msg}"
-    if "topk_index" in ref:
-        k = out["topk_index"].shape[-1]
-        idx, ridx = out["topk_index"].cpu(), ref["topk_index"][..., :k].cpu()
-        assert not (idx == -7).any(), f"topk_index unwritten; {msg}"
-        p = ref["topk_prob"].double().cpu()  # the reference has k + 1 slots
-        gap = 10 * tol * p[..., :1].clamp_min(1e-12)
-        apart = (p[..., :k] - p[..., 1:k + 1] > gap)
-        apart[..., 1:] &= (p[..., :k - 1] - p[..., 1:k] > gap[..., :1].expand_as(p[..., 1:k]))
-        assert torch.equal(idx[apart], ridx[apart]), f"topk_index differs; {msg}"
-
-
-def check(seed, b, hq, hkv, nq, nk, d, dtype=torch.float32, request=None, options=None, **kw):
+def check(seed, b, hq, hkv, nq, nk, d, dtype=torch.float32, request=None, options=None, tol=None, **kw):
     """Kernel (with launch options) vs float64 reference on the same rounded inputs."""
     q, k = inputs(seed, b, hq, hkv, nq, nk, d, dtype)
     req = request or full_request(seed, b, nq, nk)
     wider = dataclasses.replace(req, topk=req.topk + 1) if req.topk else req
     ref = reference_attention_stats(q.double(), k.double(), wider, scale=d ** -0.5, **kw)
     out = triton_attention_stats(q, k, req, scale=d ** -0.5, poison=POISON, **(options or {}), **kw)
-    compare(out, ref, TOL[dtype], f"seed={seed} shape={(b, hq, hkv, nq, nk, d)} {dtype} {kw} {options}")
+    compare(out, ref, tol or TOL[dtype], f"seed={seed} shape={(b, hq, hkv, nq, nk, d)} {dtype} {kw} {options}")
 
 
-def seed():
-    return random.SystemRandom().randrange(2**31)
-
-
-@pytest.mark.parametrize("b,hq,hkv,nq,nk,d,kw", [
-    (1, 3, 3, 1, 1, 16, {}),                                   # N = 1
-    (1, 4, 1, 17, 17, 16, {}),                                 # GQA 4
-    (2, 3, 1, 75, 75, 32, {}),                                 # GQA 3, odd N, batch
-    (1, 3, 1, 151, 151, 24, {"window": 37}),                   # window, D not a power of two
-    (1, 4, 2, 1, 200, 16, {"window": 50}),                     # decoding step
-    (2, 3, 1, 33, 80, 16, {"key_mask": "random"}),             # Nq < Nk with padding
-    (1, 2, 1, 60, 60, 16, {"softcap": 2.0}),                   # Gemma-2 soft-capping
-])
+@pytest.mark.parametrize("b,hq,hkv,nq,nk,d,kw", MATRIX)
 def test_matches_reference(b, hq, hkv, nq, nk, d, kw):
     s = seed()
-    if kw.get("key_mask") == "random":
-        mask = torch.rand(b, nk, generator=torch.Generator().manual_seed(s)) > 0.3
-        mask[:, :5] = False  # left padding: the first queries see no key at all -> NaN statistics
-        kw = {**kw, "key_mask": mask.to(DEV)}
-    check(s, b, hq, hkv, nq, nk, d, options=SMALL, **kw)
+    check(s, b, hq, hkv, nq, nk, d, options=SMALL, **cases.options(kw, s, b, nk, DEV))
+
+
+@pytest.mark.parametrize("precision,tol", [("ieee", TOL[torch.float32]), ("tf32", TF32_TOL)])
+def test_float32_precision(precision, tol):
+    """tf32 (the float32 default on a GPU) within bf16-like tolerance, "ieee" within float32 tolerance."""
+    check(seed(), 1, 3, 1, 70, 70, 32, options={**SMALL, "precision": precision}, tol=tol, window=30)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -167,10 +115,12 @@ def test_public_api_reduce_and_rows():
             assert rel_err(a[fin], r[fin]) < 1e-3, f"{name} seed={s}"
 
 
-def test_auto_backend_is_the_reference_on_cpu():
-    """The interpreter is for tests: "auto" never picks it; on a GPU (test_gpu_auto_backend) "auto" is Triton."""
+def test_auto_backend_on_cpu_is_the_tile_path():
+    """The interpreter is for tests: "auto" never picks it; on the CPU it is the float32 tile path ("cpu"), for
+    float64 inputs the reference; on a GPU (test_gpu_auto_backend) "auto" is Triton."""
     q = torch.zeros(1, 1, 1, 16)
-    assert resolve_backend("auto", q) == "reference" and resolve_backend("triton", q) == "triton"
+    assert resolve_backend("auto", q) == "cpu" and resolve_backend("auto", q.bfloat16()) == "cpu"
+    assert resolve_backend("auto", q.double()) == "reference" and resolve_backend("triton", q) == "triton"
 
 
 def test_bad_input_is_named():
@@ -182,11 +132,13 @@ def test_bad_input_is_named():
         attention_stats(q.double(), k.double(), AttentionStatsRequest(entropy=True), backend="triton")
     with pytest.raises(InputError, match="at most top-16"):
         attention_stats(q, k, AttentionStatsRequest(topk=17), backend="triton")
+    with pytest.raises(InputError, match="precision must be one of"):
+        attention_stats(q, k, AttentionStatsRequest(entropy=True), precision="fp32")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype,precision", [(torch.float32, "tf32"), (torch.float32, "ieee"), (torch.bfloat16, None)])
 @pytest.mark.parametrize("heads,n,kw", [
     ((9, 3, 64), 4099, {}),                                        # SmolLM2-135M
     ((9, 3, 64), 3000, {"window": 512}),
@@ -194,9 +146,11 @@ def test_bad_input_is_named():
     ((4, 1, 256), 2500, {"window": 512}),                          # Gemma-3-270M local and global layers
     ((4, 1, 256), 2049, {"key_mask": "random"}),
 ])
-def test_gpu_model_shapes(dtype, heads, n, kw):
+def test_gpu_model_shapes(dtype, precision, heads, n, kw):
     """Real models' attention shapes with the tuned tiles, every statistic, at a few thousand tokens."""
     s = seed()
+    opts = {"precision": precision} if precision else {}
+    tol = TF32_TOL if precision == "tf32" else None
     hq, hkv, d = heads
     if kw.get("key_mask") == "random":
         kw = {"key_mask": (torch.rand(1, n, generator=torch.Generator().manual_seed(s)) > 0.1).to(DEV)}
@@ -205,8 +159,26 @@ def test_gpu_model_shapes(dtype, heads, n, kw):
     req = dataclasses.replace(AttentionStatsRequest.default(targets=torch.randint(-1, n, (1, n), generator=g),
                                                             max_lag=n),
                               spans=torch.cat([s0, s0 + 1 + n // 10], -1), target_lags=(-2, 0, 3), topk=4)
-    check(s, 1, hq, hkv, n, n, d, dtype, request=req, **kw)
-    check(s, 1, hq, hkv, 1, n, d, dtype, request=AttentionStatsRequest(entropy=True, topk=4), **kw)  # decoding
+    check(s, 1, hq, hkv, n, n, d, dtype, request=req, options=opts, tol=tol, **kw)
+    check(s, 1, hq, hkv, 1, n, d, dtype, request=AttentionStatsRequest(entropy=True, topk=4), options=opts, tol=tol,
+          **kw)  # decoding
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("heads", [(9, 3, 64), (4, 1, 256)])
+def test_gpu_heaviest_request(dtype, heads):
+    """Top-16, 63 lag bins and 64 spans at once (the smaller tiles chosen for large per-row state)."""
+    s = seed()
+    hq, hkv, d = heads
+    n = 1500
+    g = torch.Generator().manual_seed(s)
+    s0 = torch.randint(0, n, (1, 64, 1), generator=g)
+    req = AttentionStatsRequest(entropy=True, first_k=4, spans=torch.cat([s0, s0 + 1 + n // 50], -1),
+                                lag_bins=torch.arange(64) * (n // 60), targets=torch.randint(-1, n, (1, n), generator=g),
+                                target_lags=(-1, 0, 2), topk=16)
+    check(s, 1, hq, hkv, n, n, d, dtype, request=req, tol=TF32_TOL if dtype == torch.float32 else None, window=700)
 
 
 @pytest.mark.gpu

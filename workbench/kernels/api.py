@@ -1,4 +1,4 @@
-"""`attention_stats`: checks inputs, picks the Triton or reference backend, adds exact rows and reductions."""
+"""`attention_stats`: checks inputs, picks a backend (Triton, fast CPU, float64-grade reference), adds rows and means."""
 
 from __future__ import annotations
 
@@ -7,17 +7,19 @@ import importlib.util
 import torch
 
 from workbench.errors import InputError
+from workbench.kernels.cpu_stats import cpu_attention_stats
 from workbench.kernels.reduce import mean_over_queries
 from workbench.kernels.reference import attention_rows, reference_attention_stats
 from workbench.kernels.request import AttentionStatsRequest
 
-BACKENDS = ("auto", "triton", "reference")
+BACKENDS = ("auto", "triton", "cpu", "reference")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+PRECISIONS = ("tf32", "ieee")
 
 
 def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsRequest, *, scale: float | None = None,
                     window: int | None = None, key_mask: torch.Tensor | None = None, softcap: float | None = None,
-                    backend: str = "auto") -> dict[str, torch.Tensor]:
+                    backend: str = "auto", precision: str = "tf32") -> dict[str, torch.Tensor]:
     """Statistics of causal softmax(scale * q k^T) rows, queries aligned to the end of the keys, without N x N.
 
     q (B,Hq,Nq,D) and k (B,Hkv,Nk,D) post-RoPE; query i sits at position i + Nk - Nq and sees keys j <= it,
@@ -25,9 +27,11 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsReq
     key head h // (Hq // Hkv). key_mask (B,Nk) is True for real tokens. softcap applies tanh(s/c)*c to the scaled
     scores (Gemma 2). Always returns "lse" (B,Hq,Nq) float32, the natural log-sum-exp of each row's scores (-inf
     for a row that sees no key); rows that see no key get NaN statistics. backend "auto" runs the Triton kernel
-    on CUDA tensors and the chunked PyTorch reference otherwise; "triton" on CPU tensors needs TRITON_INTERPRET=1.
+    on CUDA tensors, the reference on float64 inputs and the fast float32 tile path ("cpu") otherwise; "triton"
+    on CPU tensors needs TRITON_INTERPRET=1. precision ("tf32" or "ieee") sets the Triton kernel's float32 dot.
     """
-    scale = check_inputs(q, k, request, scale=scale, window=window, key_mask=key_mask, softcap=softcap)
+    scale = check_inputs(q, k, request, scale=scale, window=window, key_mask=key_mask, softcap=softcap,
+                         precision=precision)
     backend = resolve_backend(backend, q)
     if backend == "triton":
         from workbench.kernels.triton_stats import MAX_BINS, MAX_TOPK, interpreting, triton_attention_stats
@@ -47,13 +51,15 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsReq
                 raise InputError(f"the Triton backend takes at most {MAX_BINS} {name}; use fewer or "
                                  "backend='reference'")
         out = triton_attention_stats(q, k, request, scale=scale, window=window, key_mask=key_mask,
-                                     softcap=softcap)
-        if request.rows is not None:
-            out["rows"] = attention_rows(q, k, request.rows, scale=scale, window=window, key_mask=key_mask,
-                                         softcap=softcap)
+                                     softcap=softcap, precision=precision)
+    elif backend == "cpu":
+        out = cpu_attention_stats(q, k, request, scale=scale, window=window, key_mask=key_mask, softcap=softcap)
     else:
         out = reference_attention_stats(q, k, request, scale=scale, window=window, key_mask=key_mask,
                                         softcap=softcap)
+    if backend != "reference" and request.rows is not None:
+        out["rows"] = attention_rows(q, k, request.rows, scale=scale, window=window, key_mask=key_mask,
+                                     softcap=softcap)
     out["lse"] = out["lse"].float()
     if request.reduce == "mean":
         nq, nk = q.shape[2], k.shape[2]
@@ -65,17 +71,19 @@ def attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsReq
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """The backend that runs: "auto" means Triton for CUDA tensors of a kernel dtype when triton is installed, else
-    the reference (also on the CPU under TRITON_INTERPRET=1: the interpreter is for tests; ask for it by name)."""
+    """The backend that runs: "auto" means Triton for CUDA tensors of a kernel dtype when triton is installed, the
+    reference for float64 inputs, else the float32 tile path "cpu" (also on the CPU under TRITON_INTERPRET=1: the
+    interpreter is for tests; ask for it by name)."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
         return backend
-    use_triton = q.is_cuda and q.dtype in KERNEL_DTYPES and importlib.util.find_spec("triton") is not None
-    return "triton" if use_triton else "reference"
+    if q.is_cuda and q.dtype in KERNEL_DTYPES and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "reference" if q.dtype == torch.float64 else "cpu"
 
 
-def check_inputs(q, k, request, *, scale, window, key_mask, softcap) -> float:
+def check_inputs(q, k, request, *, scale, window, key_mask, softcap, precision="tf32") -> float:
     """Raise InputError naming the fix for bad shapes or options; return the scale (default D**-0.5)."""
     if not isinstance(request, AttentionStatsRequest):
         raise InputError(f"request must be an AttentionStatsRequest, got {type(request).__name__}")
@@ -98,6 +106,9 @@ def check_inputs(q, k, request, *, scale, window, key_mask, softcap) -> float:
         raise InputError(f"need 1 <= Nq <= Nk (queries aligned to the end of the keys), got Nq={nq}, Nk={nk}")
     if window is not None and (not isinstance(window, int) or window < 1):
         raise InputError(f"window must be None or an int >= 1 (transformers' sliding_window), got {window!r}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS} (the Triton kernel's float32 dot: tf32 tensor cores, "
+                         f"or exact float32), got {precision!r}")
     if softcap is not None and not softcap > 0:
         raise InputError(f"softcap must be None or > 0, got {softcap!r}")
     if key_mask is not None and (key_mask.dtype != torch.bool or tuple(key_mask.shape) != (b, nk)):

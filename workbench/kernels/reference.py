@@ -66,9 +66,10 @@ def reference_attention_stats(q: torch.Tensor, k: torch.Tensor, request: Attenti
         if request.first_k is not None:
             add("first_k_mass", p[..., :request.first_k].sum(-1))
         if request.spans is not None:
-            add("span_mass", torch.stack([
+            mass = torch.stack([
                 torch.stack([p[i, :, :, int(s0):int(s1)].sum(-1) for s0, s1 in request.spans[i].tolist()], dim=-1)
-                for i in range(b)]))
+                for i in range(b)])
+            add("span_mass", torch.where(torch.isfinite(lse)[..., None], mass, math.nan))  # empty spans too
         if request.lag_bins is not None:
             lag = qpos[:, None] - torch.arange(nk, device=q.device)[None, :]
             edges = request.lag_bins.tolist()

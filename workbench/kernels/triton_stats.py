@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -186,7 +187,7 @@ def _stats_kernel(
             top_i = tl.where(better, start + t_i, top_i)
         elif TOPK > 1:
             work = s
-            for _ in tl.static_range(TOPK):
+            for _ in range(TOPK):  # a loop, not unrolled: TOPK copies of this body made ptxas take minutes
                 mt = tl.max(work, 1)
                 kth = tl.min(top_v, 1)
                 go = mt > kth
@@ -274,33 +275,87 @@ def interpreting() -> bool:
     return isinstance(_stats_kernel, InterpretedFunction) and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def default_config(dtype: torch.dtype, head_dim: int) -> dict:
-    """Launch shape: small tiles in the interpreter (many tiles even at tiny N), tuned tiles on a GPU."""
+def default_config(dtype: torch.dtype, head_dim: int, precision: str = "tf32", *, topk: int = 0,
+                   n_edges: int = 0, n_spans: int = 0) -> dict:
+    """Launch shape chosen by dtype, head size and what was requested, so that no configuration spills registers.
+
+    Small tiles in the interpreter (many tiles even at tiny N). On a GPU the per-row state (top-k slots, lag
+    bins, spans) and the query tile share each thread's 255 registers: rows per program are halved when that
+    state is large; exact float32 dots ("ieee") run on FMA units and take the smallest tiles. The register and
+    spill counts behind these choices: docs/kernels.md (AOT compile for sm_90 and sm_80).
+    """
     if interpreting():
         return dict(block_r=32, block_n=16, num_warps=4, num_stages=1)
-    if head_dim > 128:  # Gemma 3 (256): half the rows, so the query tile stays in registers (not yet tuned)
-        return dict(block_r=64, block_n=64, num_warps=8, num_stages=2)
+    heavy = 2 * _pow2(topk) * (topk > 1) + _pow2(n_edges) * (n_edges > 0) + _pow2(n_spans) * (n_spans > 0) > 32
+    if dtype == torch.float32 and precision == "ieee":  # D=256 with heavy state spilled 3,264 B at 4 warps
+        return dict(block_r=32, block_n=32, num_warps=8 if heavy and head_dim > 128 else 4, num_stages=1)
+    wide = dtype == torch.float32  # tf32 operands take twice the registers and shared memory of bf16
+    if head_dim > 128:  # Gemma 3 (256)
+        return dict(block_r=32 if wide and heavy else 64, block_n=64, num_warps=8, num_stages=2)
+    if heavy or wide:
+        return dict(block_r=64, block_n=64, num_warps=8 if heavy and head_dim > 64 else 4, num_stages=2)
     return dict(block_r=128, block_n=64, num_warps=4, num_stages=2)  # benchmarks/attention_stats.py --variants
+
+
+def target_block(head_dim: int) -> int:
+    """Queries per program of the target kernel: its query and key rows stay in registers (D x BLOCK_Q float32)."""
+    if interpreting():
+        return 16
+    return 64 if head_dim <= 64 else 32 if head_dim <= 128 else 16
 
 
 def _pow2(n: int) -> int:
     return 1 if n <= 1 else triton.next_power_of_2(n)
 
 
+@dataclass
+class Launch:
+    """One kernel launch: kernel[grid](*args, **kwargs) (kwargs hold the constexprs and num_warps/num_stages)."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    def run(self):
+        self.kernel[self.grid](*self.args, **self.kwargs)
+
+
 def triton_attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsRequest, *, scale: float,
                            window: int | None = None, key_mask: torch.Tensor | None = None,
                            softcap: float | None = None, passes: int = 1, group_heads: bool = True,
-                           config: dict | None = None, poison: float | None = None) -> dict[str, torch.Tensor]:
+                           config: dict | None = None, precision: str = "tf32",
+                           poison: float | None = None) -> dict[str, torch.Tensor]:
     """Per-query attention statistics (see AttentionStatsRequest) from the streaming Triton kernel.
 
     Inputs are checked by `attention_stats`. passes=2 runs the two-pass form; group_heads=False gives each query
-    head its own programs (K tiles loaded once per query head); poison fills outputs before launch (tests check
-    that every element was written).
+    head its own programs (K tiles loaded once per query head); precision is the float32 dot ("tf32" tensor
+    cores, or "ieee" exact float32); poison fills outputs before launch (tests check every element was written).
     """
+    out, launches = plan_launches(q, k, request, scale=scale, window=window, key_mask=key_mask, softcap=softcap,
+                                  passes=passes, group_heads=group_heads, config=config, precision=precision,
+                                  poison=poison)
+    for launch in launches:
+        launch.run()
+    topk_score = out.pop("topk_score", None)
+    if topk_score is not None:
+        out["topk_index"], out["topk_prob"] = sorted_topk(out["topk_index"], topk_score, out["lse"])
+    return out
+
+
+def plan_launches(q: torch.Tensor, k: torch.Tensor, request: AttentionStatsRequest, *, scale: float,
+                  window: int | None = None, key_mask: torch.Tensor | None = None, softcap: float | None = None,
+                  passes: int = 1, group_heads: bool = True, config: dict | None = None, precision: str = "tf32",
+                  poison: float | None = None) -> tuple[dict[str, torch.Tensor], list[Launch]]:
+    """The output tensors and the kernel launches that fill them, without running anything (with tensors on the
+    "meta" device this gives the real launch arguments to compile ahead of time: workbench.kernels.aot)."""
     b, hq, nq, d = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     dev = q.device
-    cfg = {**default_config(q.dtype, d), **(config or {})}
+    topk = request.topk or 0
+    n_edges = request.lag_bins.numel() if request.lag_bins is not None else 0
+    n_spans = request.spans.shape[1] if request.spans is not None else 0
+    cfg = {**default_config(q.dtype, d, precision, topk=topk, n_edges=n_edges, n_spans=n_spans), **(config or {})}
     gp = hq // hkv if group_heads else 1
     dot_f32 = interpreting() and q.dtype == torch.bfloat16
 
@@ -319,62 +374,53 @@ def triton_attention_stats(q: torch.Tensor, k: torch.Tensor, request: AttentionS
         out["first_k_mass"] = new((b, hq, nq))
     edges = ints(request.lag_bins) if request.lag_bins is not None else dummy
     if request.lag_bins is not None:
-        out["lag_mass"] = new((b, hq, nq, edges.numel() - 1))
+        out["lag_mass"] = new((b, hq, nq, n_edges - 1))
     spans = ints(request.spans) if request.spans is not None else dummy
     if request.spans is not None:
-        out["span_mass"] = new((b, hq, nq, spans.shape[1]))
+        out["span_mass"] = new((b, hq, nq, n_spans))
     targets = ints(request.targets) if request.targets is not None else dummy
     tlags = ints(torch.tensor(request.target_lags))
     if request.targets is not None:
         out["target_prob"] = new((b, hq, nq, len(request.target_lags)))
         out["target_logit"] = new((b, hq, nq, len(request.target_lags)))
-    topk = request.topk or 0
     if topk:
         out["topk_index"] = new((b, hq, nq, topk), torch.int64)
-        topk_score = new((b, hq, nq, topk))
+        out["topk_score"] = new((b, hq, nq, topk))
     kmask = key_mask.to(device=dev, dtype=torch.int8).contiguous() if key_mask is not None else dummy
-    x = out.get
     grid = (triton.cdiv(nq * gp, cfg["block_r"]), b * (hq // gp))
+    exact = q.dtype == torch.float32 and precision == "ieee"
 
-    def launch(lse_in, stats: bool):
-        f = (lambda name: x(name, dummy) if stats else dummy)
-        _stats_kernel[grid](
-            q, k, kmask, edges, spans, lse_in,
-            out["lse"], f("entropy"), f("first_k_mass"), f("span_mass"), f("lag_mass"),
-            f("topk_index"), topk_score if stats and topk else dummy,
-            *q.stride(), *k.stride(),
-            hq, nq, nk, hq // gp, hq // hkv, nk - nq, window or 0, request.first_k or 0,
-            edges.numel() if request.lag_bins is not None else 0,
-            spans.shape[1] if request.spans is not None else 0,
-            float(scale), float(softcap or 1.0),
+    def stats_launch(lse_in, stats: bool) -> Launch:
+        f = (lambda name: out.get(name, dummy) if stats else dummy)
+        args = (q, k, kmask, edges, spans, lse_in,
+                out["lse"], f("entropy"), f("first_k_mass"), f("span_mass"), f("lag_mass"),
+                f("topk_index"), f("topk_score"),
+                *q.stride(), *k.stride(),
+                hq, nq, nk, hq // gp, hq // hkv, nk - nq, window or 0, request.first_k or 0,
+                n_edges, n_spans, float(scale), float(softcap or 1.0))
+        kwargs = dict(
             D=d, D_PAD=max(16, _pow2(d)), GP=gp, BLOCK_R=cfg["block_r"], BLOCK_N=cfg["block_n"],
             HAS_WINDOW=window is not None, HAS_KMASK=key_mask is not None, HAS_SOFTCAP=softcap is not None,
             LSE_GIVEN=lse_in is not dummy,
             DO_ENT=stats and request.entropy, DO_FK=stats and request.first_k is not None,
-            DO_SPANS=stats and request.spans is not None, S_PAD=_pow2(spans.shape[1]) if spans.dim() == 3 else 1,
-            DO_LAG=stats and request.lag_bins is not None, E_PAD=_pow2(edges.numel()) if stats else 1,
-            TOPK=topk if stats else 0,
-            K_PAD=_pow2(topk) if stats and topk else 1,
-            PRECISION="ieee" if q.dtype == torch.float32 or dot_f32 else "tf32", DOT_F32=dot_f32,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+            DO_SPANS=stats and request.spans is not None, S_PAD=_pow2(n_spans) if stats and n_spans else 1,
+            DO_LAG=stats and request.lag_bins is not None, E_PAD=_pow2(n_edges) if stats and n_edges else 1,
+            TOPK=topk if stats else 0, K_PAD=_pow2(topk) if stats and topk else 1,
+            PRECISION="ieee" if exact or dot_f32 else "tf32", DOT_F32=dot_f32,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return Launch(_stats_kernel, grid, args, kwargs)
 
-    if passes == 2:
-        launch(dummy, stats=False)
-        launch(out["lse"], stats=True)
-    else:
-        launch(dummy, stats=True)
+    launches = [stats_launch(dummy, stats=True)] if passes != 2 else [stats_launch(dummy, stats=False),
+                                                                       stats_launch(out["lse"], stats=True)]
     if request.targets is not None:
-        block_q = 16 if interpreting() else 64
-        _target_kernel[(triton.cdiv(nq, block_q), b * hq)](
+        block_q = target_block(d)
+        launches.append(Launch(_target_kernel, (triton.cdiv(nq, block_q), b * hq), (
             q, k, kmask, targets, tlags, out["lse"], out["target_prob"], out["target_logit"],
             *q.stride(), *k.stride(), hq, nq, nk, hq // hkv, nk - nq, window or 0, len(request.target_lags),
-            float(scale), float(softcap or 1.0), D=d, D_PAD=max(16, _pow2(d)), BLOCK_Q=block_q,
-            HAS_WINDOW=window is not None, HAS_KMASK=key_mask is not None, HAS_SOFTCAP=softcap is not None,
-            num_warps=4)
-    if topk:
-        out["topk_index"], out["topk_prob"] = sorted_topk(out["topk_index"], topk_score, out["lse"])
-    return out
+            float(scale), float(softcap or 1.0)), dict(
+            D=d, D_PAD=max(16, _pow2(d)), BLOCK_Q=block_q, HAS_WINDOW=window is not None,
+            HAS_KMASK=key_mask is not None, HAS_SOFTCAP=softcap is not None, num_warps=4)))
+    return out, launches
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """Streamed attention statistics for long contexts: one forward pass, never an N x N matrix.
 
 The StatsRecorder hook hands each selected layer's post-RoPE queries and keys to
-``workbench.kernels.attention_stats`` (Triton on a GPU, the chunked PyTorch reference on a CPU)
+``workbench.kernels.attention_stats`` (Triton on a GPU, the float32 key-tile path on a CPU)
 while the layer's own output still comes from SDPA, so the same forward pass gives the model's
 normal output (``capture_stats(..., logits=True)``) and the statistics.
 """
