@@ -28,6 +28,12 @@ class DamagedResultsError(WorkbenchError):
     """A result folder's manifest cannot be read; the message names the file and what to do."""
 
 
+class ExecutorError(WorkbenchError):
+    """An executor cannot run: Ray missing or unreachable, too few resources for the workers asked for, or a worker
+    that died more often than it may be restarted; the message says what to install, which address failed, or
+    that the results written so far are kept (resume)."""
+
+
 class WorkbenchWarning(UserWarning):
     """Something the user should know that does not stop the work (e.g. a damaged part set aside and recomputed)."""
 

@@ -213,7 +213,7 @@ def test_kv_cache_generation_equals_plain_generation(arch):
 def test_suffix_from_cached_residual_equals_full_forward(arch):
     s, mask = arch.subject, torch.ones_like(arch.ids)
     full = s.logits(arch.ids)
-    for start in range(s.n_layers):
+    for start in range(s.n_layers + 1):  # start = n_layers: the stream after the last layer, logits from the final norm
         hidden = residual(s, embed(s, arch.ids), mask, 0, start)
         assert (logits_from(s, hidden, mask, start) - full).abs().max() <= 1e-5
 

@@ -19,3 +19,21 @@ def test_sweep_command_writes_resumes_and_refuses_to_overwrite(tmp_path, capsys,
     assert main(argv + ["--resume"]) == 0
     assert main(["sweep", "--task", "induction", "--cells", "pairs", "--out", str(tmp_path / "p"),
                  "--prompts", "2", "--seq-len", "8"]) == 2
+
+
+def test_sweep_command_screens_and_verifies(tmp_path, capsys, tiny_folder):
+    out = tmp_path / "v"
+    argv = ["sweep", "--model", str(tiny_folder), "--task", "induction", "--prompts", "4", "--seq-len", "6",
+            "--no-filter", "--intervention", "mean", "--out", str(out), "--screen", "attribution", "--verify", "2",
+            "--atp-fixes", "qk,graddrop"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "top 10 cells by |estimate| (atp*)" in printed and "spearman_verified" in printed
+    df = load_sweep(out)
+    assert set(df["method"]) == {"atp*", "exact"} and df.loc[df["method"] == "exact", "heads"].nunique() == 4
+    assert main(["sweep", "--model", str(tiny_folder), "--task", "induction", "--out", str(tmp_path / "w"),
+                 "--verify", "2"]) == 2
+    assert "--screen" in capsys.readouterr().err
+    assert main(["sweep", "--model", str(tiny_folder), "--task", "induction", "--out", str(tmp_path / "x"),
+                 "--screen", "attribution", "--atp-fixes", "kq"]) == 2
+    assert "unknown AtP* fix" in capsys.readouterr().err

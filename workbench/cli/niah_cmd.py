@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import validate
+from . import executor_opts, validate
 
 
 def _numbers(kind):
@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
     p.add_argument("--out", default=None, type=validate.output_folder, help="output folder (default runs/<model>/niah); a used one needs --resume")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (same settings), skipping answered tests")
+    executor_opts.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -49,6 +50,7 @@ def run(args) -> int:
     from ..viz import top_table, write_report
 
     started = time.time()
+    executor = executor_opts.executor(args)
     subject = load(args.model, device=args.device)
     grid = niah_grid(subject, args.lengths, args.depths, n_needles=args.needles, haystack=args.haystack, seed=args.seed)
     out = Path(args.out or validate.at_run(validate.output_folder, str(Path("runs") / subject.name / "niah"), "--out"))
@@ -56,7 +58,7 @@ def run(args) -> int:
     if args.mask_heads:
         conditions["masked"] = args.mask_heads
     runs = run_niah_grid(subject, grid, out, conditions, record=["intact"], resume=args.resume,
-                         max_new_tokens=args.max_new_tokens, batch_size=args.batch)
+                         max_new_tokens=args.max_new_tokens, batch_size=args.batch, executor=executor)
     intact = runs["intact"]
     meta = {**subject.facts(), **{f"niah_{k}": v for k, v in grid.settings.items()}, **intact.settings,
             "accuracy": {name: run.accuracy for name, run in runs.items()}}

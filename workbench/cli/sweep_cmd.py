@@ -1,8 +1,9 @@
-"""``workbench sweep``: ablate every head (or groups / pairs) on a task, one Parquet part per finished cell."""
+"""``workbench sweep``: ablate every head (or groups / pairs) on a task, finished cells written in chunks (here or on Ray);
+``--screen attribution --verify K`` estimates every cell first and runs the exact ablation on the chosen ones."""
 
 from __future__ import annotations
 
-from . import validate
+from . import executor_opts, validate
 
 
 def add_parser(sub) -> None:
@@ -28,6 +29,14 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="stimulus and resample seed (default 0)")
     p.add_argument("--max-rows", type=validate.count(1), default=None, help="rows per forward pass (default: from free memory)")
     p.add_argument("--device", default=None, type=validate.device, help="cpu, cuda, cuda:1... (default: the GPU when present)")
+    p.add_argument("--screen", default=None, choices=("attribution",),
+                   help="estimate every cell first by attribution patching (AtP/AtP*: one forward + backward per prompt chunk)")
+    p.add_argument("--verify", type=validate.count(1), default=None, metavar="K",
+                   help="with --screen: run the exact intervention on the K cells with the largest |estimate| and on K random others")
+    p.add_argument("--atp-fixes", default="qk", type=validate.atp_fixes,
+                   help="AtP* fixes of the screen: qk (recompute attention for query-side ablations), graddrop "
+                        "(one extra partial backward per layer), qk,graddrop, or none (default qk)")
+    executor_opts.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -37,10 +46,13 @@ def run(args) -> int:
     from .. import load
     from ..errors import InputError
     from ..sweeps import head_pairs, kv_groups, layer_groups, parse_heads, run_sweep, single_heads
-    from ..sweeps.report import sweep_report, top_cells
+    from ..sweeps.report import screen_summary, screen_table, sweep_report, top_cells
     from ..tasks import build_task
 
+    if args.verify and not args.screen:
+        raise InputError("--verify needs --screen attribution (the screen chooses the cells to verify)")
     started = time.time()
+    executor = executor_opts.executor(args)
     subject = load(args.model, device=args.device)
     options = {"filter": not args.no_filter}
     if args.task == "induction":
@@ -60,9 +72,18 @@ def run(args) -> int:
         cells = given or single_heads(subject)
     metrics = args.metric.split(",") if args.metric else None
     df = run_sweep(subject, task, args.out, intervention=args.intervention, metrics=metrics, cells=cells,
-                   resume=args.resume, seed=args.seed, max_rows=args.max_rows)
+                   resume=args.resume, seed=args.seed, max_rows=args.max_rows, screen=args.screen,
+                   fixes=args.atp_fixes, verify=args.verify or 0, executor=executor)
     html = sweep_report(args.out)
     print(f"swept {len(cells)} cells in {time.time() - started:.1f} s")
-    print(top_cells(df, 10).to_string(index=False))
+    if args.screen:
+        table = screen_table(df)
+        print(f"top 10 cells by |estimate| ({df.attrs['sweep']['screen']['method']}):")
+        print(table.reindex(table["estimate"].abs().sort_values(ascending=False, kind="stable").index)
+              .head(10)[["heads", "estimate", "exact", "verify"]].to_string(index=False))
+        if args.verify:
+            print(", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in screen_summary(table).items()))
+    if (df["method"] == "exact").any():
+        print(top_cells(df, 10, method="exact").to_string(index=False))
     print(f"sweep: {args.out}/parts ({len(df)} rows)\nreport: {html}")
     return 0

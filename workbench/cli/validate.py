@@ -47,6 +47,14 @@ def model(text: str) -> str:
     return text
 
 
+def ray_address(text: str) -> str:
+    """--ray-address: 'auto' or HOST:PORT of a Ray cluster's head."""
+    from ..executors.ray_executor import parse_address
+
+    _checked(parse_address, text)
+    return text
+
+
 def head(text: str) -> tuple[int, int]:
     """--head L18H6 / 18.6 -> (18, 6)."""
     from ..inputs import parse_head
@@ -67,6 +75,14 @@ def head_group(text: str) -> str:
 
     for part in text.replace(" ", "").split("+"):
         _checked(parse_head, part)
+    return text
+
+
+def atp_fixes(text: str) -> str:
+    """--atp-fixes: qk, graddrop, qk,graddrop or none (the AtP* fixes of an attribution screen)."""
+    from ..sweeps.screen import check_fixes
+
+    _checked(check_fixes, text)
     return text
 
 

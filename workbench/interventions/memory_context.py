@@ -41,7 +41,7 @@ from ..sweeps import Zero, baseline_values, evaluate_cells
 from ..tasks.base import TaskBatch, gather_targets, metric_values
 from ..tasks.metrics import METRICS
 from .hook import apply
-from .patching import _GradProbe, _PathRun, frozen_parameters, head_z
+from .patching import GradProbe, _PathRun, frozen_parameters, head_z
 from .specs import ZeroHead
 
 Head = tuple[int, int]
@@ -68,7 +68,7 @@ def _attribution(subject, batch: TaskBatch, batch_size: int) -> np.ndarray:
     out = []
     for start in range(0, len(batch), batch_size):
         part = batch.select(range(start, min(start + batch_size, len(batch))), trim=False)
-        probe = _GradProbe()
+        probe = GradProbe()
         with torch.enable_grad(), hooks_active(probe), frozen_parameters(subject.model):
             logits = subject.model(**part.model_inputs(subject.device), use_cache=False).logits.float()
             METRICS["logit_diff"](gather_targets(logits, part), part).sum().backward()

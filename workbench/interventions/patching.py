@@ -118,12 +118,30 @@ def path_patching(subject, base, source, sender: Head, metric: MetricFn,
         return _metric_of(subject, base, metric) - ref
 
 
-class _GradProbe(AttentionHook):
-    """Adds a zero leaf to every layer's z so that one backward gives dmetric/dz for every head."""
+class GradProbe(AttentionHook):
+    """Adds a zero leaf to every layer's z so that one backward gives dmetric/dz for every head.
 
-    def __init__(self):
+    ``inputs=True`` also keeps each layer's attention inputs (detached): ``calls``, ``q`` (B, H, N, D) post-RoPE,
+    ``k`` and ``v`` (B, Hkv, N, D), from which a head's attention can be recomputed.
+    """
+
+    def __init__(self, inputs: bool = False):
         self.probes: dict[int, torch.Tensor] = {}
         self.z: dict[int, torch.Tensor] = {}
+        self.inputs = inputs
+        self.calls: dict[int, object] = {}
+        self.q: dict[int, torch.Tensor] = {}
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+
+    def on_qk(self, call, query, key):
+        if self.inputs:
+            self.calls[call.layer] = call
+            self.q[call.layer], self.k[call.layer] = query.detach(), key.detach()
+
+    def on_value(self, call, value):
+        if self.inputs:
+            self.v[call.layer] = value.detach()
 
     def edit_z(self, call, z):
         probe = torch.zeros_like(z, requires_grad=True)
@@ -149,7 +167,7 @@ def attribution_patching(subject, base, source, metric: MetricFn) -> np.ndarray:
     """(L, H) first-order estimate of each head's activation-patching effect: mean over prompts of sum (z_src - z_base) * dmetric/dz."""
     base, source = _pair(subject, base, source)
     z_src = head_z(subject, source)
-    probe = _GradProbe()
+    probe = GradProbe()
     with torch.enable_grad(), hooks_active(probe), frozen_parameters(subject.model):
         value = metric(subject.model(**base, use_cache=False).logits.float())
         value.sum().backward()

@@ -16,7 +16,8 @@ with :func:`hooks_active`) can, per layer and per query head:
 2. edit the pre-softmax scores (``edit_scores``; knock-out or rescaling of keys), which switches
    that layer to an exact float32 eager computation,
 3. observe exact post-softmax patterns of chosen heads (``pattern_heads`` / ``on_pattern``),
-4. observe the post-RoPE queries and keys (``on_qk``; streamed statistics from the kernels),
+4. observe the post-RoPE queries and keys (``on_qk``; streamed statistics from the kernels) and the
+   values (``on_value``; attribution screening recomputes a head's attention from them),
 5. edit or observe each head's output ``z`` before the output projection (``o_proj``, ``c_proj``, ``dense``, ...;
    ``edit_z`` / ``on_z``), so no intervention depends on the projection's name.
 
@@ -97,6 +98,9 @@ class AttentionHook:
 
     def on_qk(self, call: AttentionCall, query: torch.Tensor, key: torch.Tensor) -> None:
         """``query`` (B, H, Nq, D) and ``key`` (B, Hkv, Nk, D), RoPE applied, after query edits."""
+
+    def on_value(self, call: AttentionCall, value: torch.Tensor) -> None:
+        """``value`` (B, Hkv, Nk, D): the value vectors the heads read (query head h reads ``h // call.group``)."""
 
     def edit_z(self, call: AttentionCall, z: torch.Tensor) -> torch.Tensor:
         """``z``: (B, Nq, H, D) per-head attention output before the output projection."""
@@ -242,6 +246,8 @@ def workbench_attention(module, query, key, value, attention_mask, dropout=0.0, 
                     hook.on_pattern(call, heads, pattern[:, [where[h] for h in heads]])
     for hook in hooks:
         hook.on_qk(call, query, key)
+    for hook in hooks:
+        hook.on_value(call, value)
     for hook in hooks:
         z = hook.edit_z(call, z)
     for hook in hooks:

@@ -18,18 +18,26 @@ Layout::
 
 A second run into a used folder is refused unless it resumes with the same settings; a resume skips
 the tests whose answers are on disk. Answers are only ever added (a new part per batch), never replaced.
+
+Computing is separate from writing, as for sweeps: ``BatchWorker(subject, job)(batch)`` answers one batch of
+tests (indices into ``job.tests``) under every condition and returns its rows; the driver hands batches to an
+executor (``workbench.executors``: this process or Ray actors) and writes each batch's rows as one part.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..executors import Executor, get_executor
 from ..io import atomic_write_text
 from ..progress import progress
 from ..results import ResultFolder, data_digest, now
@@ -52,11 +60,51 @@ def grid_key(test: NeedleTest) -> str:
     return f"L{test.length}-D{test.depth:g}-N{test.needle_index}"
 
 
+@dataclass
+class NiahJob:
+    """What every batch of one NIAH grid shares: the tests, their keys, the conditions' masks and decoding settings."""
+
+    tests: list[NeedleTest]
+    keys: list[str]
+    masks: dict[str, list[Head]]
+    recorded: set[str]
+    max_new_tokens: int
+    mask_prefill: bool
+    stop_at_newline: bool
+
+
+class BatchWorker:
+    """Answers batches of one grid's tests on one subject: ``worker(batch)`` -> the batch's rows (a part's rows)."""
+
+    def __init__(self, subject, job: NiahJob):
+        self.subject, self.job = subject, job
+
+    def __call__(self, batch: Sequence[int], on_answer: Callable[[int], object] | None = None) -> pd.DataFrame:
+        """Rows (test record, condition, answer, recall, test key and index, head scores) of the tests ``batch`` (indices into ``job.tests``)."""
+        job, rows = self.job, []
+        for a in answer_tests(self.subject, [job.tests[i] for i in batch], job.masks, job.recorded,
+                              max_new_tokens=job.max_new_tokens, mask_prefill=job.mask_prefill,
+                              stop_at_newline=job.stop_at_newline):
+            i = batch[a.test]
+            rows.append({**a.row, "test": job.keys[i], "test_index": i,
+                         "head_scores": None if a.scores is None else a.scores.astype(np.float32).ravel()})
+            if on_answer is not None:
+                on_answer(1)
+        return pd.DataFrame(rows)
+
+
 def run_niah_grid(subject, grid: NiahGrid, out, conditions: dict[str, Sequence[Head]], *,
                   record: bool | Sequence[str] = True, resume: bool = False, max_new_tokens: int = 50,
-                  batch_size: int = 8, mask_prefill: bool = False, stop_at_newline: bool = True) -> dict[str, NiahRun]:
-    """``run_conditions`` over a grid, each batch's answers written to ``out`` as they finish; {condition: NiahRun} of the whole folder."""
+                  batch_size: int = 8, mask_prefill: bool = False, stop_at_newline: bool = True,
+                  executor: str | Executor = "local") -> dict[str, NiahRun]:
+    """``run_conditions`` over a grid, each batch's answers written to ``out`` as they finish; {condition: NiahRun} of the whole folder.
+
+    ``executor``: where batches are answered ("local", "ray" or an Executor, as for ``run_sweep``); not part of
+    the settings, so a grid can be resumed under another executor.
+    """
+    executor = get_executor(executor)
     tests, masks = check_run(subject, grid.tests, conditions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    executor.check(subject)
     recorded = set(masks) if record is True else set(record or ())
     keys = [grid_key(t) for t in tests]
     if len(set(keys)) != len(keys):
@@ -73,18 +121,12 @@ def run_niah_grid(subject, grid: NiahGrid, out, conditions: dict[str, Sequence[H
         todo = [i for i, key in enumerate(keys) if key not in folder.done]
         bar = progress(total=len(tests) * len(masks), initial=(len(tests) - len(todo)) * len(masks),
                        desc=f"NIAH on {subject.name}", unit="answer")
+        job = NiahJob(tests, keys, masks, recorded, max_new_tokens, mask_prefill, stop_at_newline)
+        batches = [[todo[j] for j in batch] for batch in plan_batches([tests[i] for i in todo], batch_size)]
         try:
-            for batch in plan_batches([tests[i] for i in todo], batch_size):
-                batch = [todo[j] for j in batch]
-                rows = []
-                for a in answer_tests(subject, [tests[i] for i in batch], masks, recorded,
-                                      max_new_tokens=max_new_tokens, mask_prefill=mask_prefill,
-                                      stop_at_newline=stop_at_newline):
-                    i = batch[a.test]
-                    rows.append({**a.row, "test": keys[i], "test_index": i,
-                                 "head_scores": None if a.scores is None else a.scores.astype(np.float32).ravel()})
-                    bar.update(1)
-                folder.append(pd.DataFrame(rows))
+            with closing(executor.map(subject, functools.partial(BatchWorker, job=job), batches, bar.update)) as results:
+                for _, rows in results:
+                    folder.append(rows)
         finally:
             bar.close()
         runs = load_niah(out)

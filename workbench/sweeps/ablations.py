@@ -1,7 +1,9 @@
 """What a sweep does to a cell's heads: zero, mean, resample, query-zeroing, or patching from a source run.
 
 Each ablation turns (cell heads, batch rows, prompt indices) into intervention specs restricted to
-those rows, so one forward pass can carry a different cell in each copy of the prompts.
+those rows, so one forward pass can carry a different cell in each copy of the prompts. For attribution
+screening (``screen.py``) each also says what it puts in place of every head's output z (or query, for
+query-side ablations) of a layer: ``replacement``.
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ class Ablation:
 
     name = "?"
     definition = ""
+    side = "z"  # what the ablation replaces: "z" (head outputs before o_proj) or "query" (post-RoPE queries)
 
     def prepare(self, subject, batch, layers: set[int], chunk: int) -> None:
         pass
 
     def specs(self, heads: tuple[Head, ...], rows: range, prompts: torch.Tensor) -> list:
+        raise NotImplementedError
+
+    def replacement(self, layer: int, current: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """What the ablation puts in place of ``current`` for every head of ``layer`` on the prompts ``prompts``:
+        z (B, N, H, D) for ``side`` "z", the query (B, H, N, D) for "query"; after ``prepare``."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -40,13 +48,20 @@ class Zero(Ablation):
     def specs(self, heads, rows, prompts):
         return [ZeroHead(heads, rows=rows)]
 
+    def replacement(self, layer, current, prompts):
+        return torch.zeros_like(current)
+
 
 class ZeroQueries(Ablation):
     name = "query"
     definition = "head query zeroed: uniform attention over the visible prefix (Wu et al. 2024's masking)"
+    side = "query"
 
     def specs(self, heads, rows, prompts):
         return [ZeroQuery(heads, rows=rows)]
+
+    def replacement(self, layer, current, prompts):
+        return torch.zeros_like(current)
 
 
 class _ZRecorder(AttentionHook):
@@ -97,6 +112,9 @@ class Mean(Ablation):
     def specs(self, heads, rows, prompts):
         return [ReplaceHead(heads, values={(l, h): self.means[l][h] for l, h in heads}, rows=rows)]
 
+    def replacement(self, layer, current, prompts):
+        return self.means[layer].to(current.device, current.dtype).expand_as(current)
+
 
 def derangement(lengths, seed: int) -> torch.Tensor:
     """donor[i] != i with lengths[donor[i]] == lengths[i] (seeded); InputError if some length occurs once."""
@@ -132,6 +150,9 @@ class Resample(Ablation):
         d = self.donor[prompts]
         return [ReplaceHead(heads, values={(l, h): self.z[l][d, :, h] for l, h in heads}, rows=rows)]
 
+    def replacement(self, layer, current, prompts):
+        return self.z[layer][self.donor[prompts], :current.shape[1]].to(current.device, current.dtype)
+
     def describe(self):
         return {**super().describe(), "seed": self.seed}
 
@@ -154,6 +175,9 @@ class Patch(Ablation):
 
     def specs(self, heads, rows, prompts):
         return [ReplaceHead(heads, values={(l, h): self.z[l][prompts, :, h] for l, h in heads}, rows=rows)]
+
+    def replacement(self, layer, current, prompts):
+        return self.z[layer][prompts, :current.shape[1]].to(current.device, current.dtype)
 
 
 ABLATIONS = {"zero": Zero, "mean": Mean, "resample": Resample, "query": ZeroQueries}

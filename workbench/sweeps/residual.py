@@ -6,7 +6,8 @@ own forward does the work, whatever the architecture: for the duration of one ca
 before ``start`` are replaced by pass-through stand-ins and layer ``start`` is handed the cached stream
 in place of whatever reaches it (so embeddings, learned positions, embedding scales and projections are
 computed and discarded, while masks, positions and per-layer types come from the model as usual); to
-stop early, layer ``stop`` is replaced by a stand-in that hands its input back. The decoder layers come
+stop early, layer ``stop`` is replaced by a stand-in that hands its input back (to stop after the last layer,
+before the final norm, the last layer runs inside a stand-in that hands its output back). The decoder layers come
 from the Subject's architecture (``subject.layers``). Tested equal to a full forward on every
 architecture of tests/architectures.
 """
@@ -42,6 +43,18 @@ class _StopHere(_PassThrough):
         raise _Stopped(hidden_states)
 
 
+class _RunThenStop(_PassThrough):
+    """Stands in for the last decoder layer: runs it, then ends the forward, handing back the stream after it."""
+
+    def __init__(self, layer):
+        super().__init__(layer)
+        self.layer = layer
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.layer(hidden_states, *args, **kwargs)
+        raise _Stopped(out[0] if isinstance(out, tuple) else out)
+
+
 class _Inject(torch.nn.Module):
     """Wraps decoder layer ``start``: runs it on the cached stream instead of the stream that reaches it."""
 
@@ -55,6 +68,17 @@ class _Inject(torch.nn.Module):
         return self.layer(self.hidden, *args, **kwargs)
 
 
+class _Emit(_PassThrough):
+    """Stands in for the last decoder layer when every layer is skipped: hands back the cached stream (logits from it)."""
+
+    def __init__(self, layer, hidden):
+        super().__init__(layer)
+        self.hidden = hidden
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.hidden
+
+
 @contextlib.contextmanager
 def _layers_replaced(subject, start: int, stop: int | None = None, hidden: torch.Tensor | None = None):
     layers = subject.layers
@@ -66,9 +90,15 @@ def _layers_replaced(subject, start: int, stop: int | None = None, hidden: torch
         if stop is not None and stop < len(layers):
             saved[stop] = layers[stop]
             layers[stop] = _StopHere(saved[stop])
+        elif stop is not None and start < len(layers):
+            last = len(layers) - 1
+            saved[last] = layers[last]
+            layers[last] = _RunThenStop(saved[last])
         if hidden is not None and start < len(layers) and (stop is None or start < stop):
-            saved[start] = layers[start]
-            layers[start] = _Inject(saved[start], hidden)
+            saved.setdefault(start, layers[start])
+            layers[start] = _Inject(layers[start], hidden)
+        elif hidden is not None and start >= len(layers) and stop is None:
+            layers[-1] = _Emit(layers[-1], hidden)
         yield
     finally:
         for i, module in saved.items():
@@ -97,6 +127,11 @@ def embed(subject, input_ids: torch.Tensor, attention_mask=None) -> torch.Tensor
 @torch.no_grad()
 def residual(subject, hidden: torch.Tensor, attention_mask, start: int, stop: int) -> torch.Tensor:
     """The residual stream entering layer ``stop``, given the stream ``hidden`` entering layer ``start``."""
+    return run_layers(subject, hidden, attention_mask, start, stop)
+
+
+def run_layers(subject, hidden: torch.Tensor, attention_mask, start: int, stop: int) -> torch.Tensor:
+    """``residual`` with autograd: the stream entering layer ``stop`` as a function of ``hidden`` (GradDrop cuts the graph between layers)."""
     if stop <= start:
         return hidden
     with _layers_replaced(subject, start, stop, hidden):
@@ -105,7 +140,7 @@ def residual(subject, hidden: torch.Tensor, attention_mask, start: int, stop: in
                           use_cache=False, logits_to_keep=1)
         except _Stopped as done:
             return done.hidden
-    raise RuntimeError(f"layer {stop} was never reached")  # stop >= n_layers
+    raise RuntimeError(f"layer {stop} was never reached")
 
 
 def logits_from(subject, hidden: torch.Tensor, attention_mask, start: int, keep: torch.Tensor | None = None) -> torch.Tensor:

@@ -138,3 +138,27 @@ def _ticks(labels: list[str], positions: Sequence[int], tokens: Sequence[str]) -
         chosen = positions[::step]
         text = [str(i) for i in chosen]
     return {"tickmode": "array", "tickvals": [labels[i] for i in chosen], "ticktext": text}
+
+
+ROLE_COLORS = {"top": "#c0392b", "calibration": "#2471a3"}
+
+
+def estimate_scatter(table: pd.DataFrame, title: str) -> go.Figure:
+    """Estimated vs exact effect of the verified cells of a screen (``table``: heads, estimate, exact, verify), one colour per role, with the line exact = estimate."""
+    missing = {"heads", "estimate", "exact", "verify"} - set(table.columns)
+    if missing:
+        raise InputError(f"estimate_scatter needs columns heads, estimate, exact, verify; missing {', '.join(sorted(missing))}")
+    done = table[table["exact"].notna()]
+    fig = go.Figure()
+    for role, part in done.groupby("verify", sort=True):
+        fig.add_trace(go.Scatter(x=part["estimate"], y=part["exact"], mode="markers", name=str(role) or "verified",
+                                 text=part["heads"], marker={"color": ROLE_COLORS.get(str(role), "#555555"), "size": 8},
+                                 hovertemplate="%{text}: estimate %{x:.3g}, exact %{y:.3g}<extra></extra>"))
+    values = np.concatenate([done["estimate"].to_numpy(float), done["exact"].to_numpy(float)]) if len(done) else np.zeros(1)
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="exact = estimate",
+                             line={"color": "#999999", "dash": "dot"}, hoverinfo="skip"))
+    fig.update_layout(title={"text": title}, width=560, height=460, margin={"l": 60, "r": 20, "t": 60, "b": 50})
+    fig.update_xaxes(title_text="estimate")
+    fig.update_yaxes(title_text="exact effect")
+    return fig

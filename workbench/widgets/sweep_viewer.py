@@ -27,9 +27,12 @@ NOT_VALUES = {"layer", "head", "n_prompts"}  # numeric columns that are not a pe
 class SweepViewer(widgets.VBox):
     """Effects per head of a sweep folder, refreshed on demand or every ``poll`` seconds while it is being written.
 
-    Dropdowns choose the intervention, the metric and the value shown (``effect`` = ablated - baseline by
-    default; any numeric column); single-head cells fill the layer x head map (blank where not yet done),
-    multi-head cells (layers, KV groups, pairs) are listed with their heads. ``rows`` is the table read so far.
+    Dropdowns choose the intervention, the metric, the rows (``exact``, or a screen's estimates such as
+    ``atp+qk``) and the value shown (``effect`` = ablated - baseline by default; any numeric column, e.g.
+    ``estimate``: on exact rows of a verified screen, the screen's estimate); single-head cells fill the
+    layer x head map (blank where not yet done), multi-head cells (layers, KV groups, pairs) are listed with
+    their heads. A screened sweep with verified cells also shows estimate vs exact (a scatter and its Spearman).
+    ``rows`` is the table read so far.
     """
 
     _stop: threading.Event | None = None  # set by close(); also read when __init__ failed early
@@ -51,6 +54,8 @@ class SweepViewer(widgets.VBox):
 
         self.intervention = widgets.Dropdown(description="intervention", options=[])
         self.metric = widgets.Dropdown(description="metric", options=[])
+        self.method = widgets.Dropdown(description="rows", options=[],
+                                       tooltip="exact ablation, or a screen's estimates (atp, atp+qk, atp+graddrop, atp*)")
         self.value = widgets.Dropdown(description="show", options=[value], value=value)
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh",
                                              tooltip="read the cells finished since the last look")
@@ -63,16 +68,18 @@ class SweepViewer(widgets.VBox):
         self.figure.add_class("wb-sweep-heatmap")
         self.top = widgets.HTML()
         self.groups = widgets.HTML()
+        self.screen = widgets.VBox()  # estimate vs exact, filled once a screened sweep has verified cells
+        self.scatter: widgets.Widget | None = None
 
-        for control in (self.intervention, self.metric, self.value):
+        for control in (self.intervention, self.metric, self.method, self.value):
             control.observe(lambda change: self._quiet or self._draw(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
         self.auto.observe(lambda change: self._set_polling(), names="value")
         super().__init__([
             widgets.HTML(f"<b>Sweep</b> {html.escape(str(self.folder))}"),
-            widgets.HBox([self.intervention, self.metric, self.value]),
+            widgets.HBox([self.intervention, self.metric, self.method, self.value]),
             widgets.HBox([self.refresh_button, self.auto, self.interval, widgets.HTML("s")]),
-            self.jobs.view, self.info, widgets.HBox([self.figure, self.top]), self.groups,
+            self.jobs.view, self.info, widgets.HBox([self.figure, self.top]), self.groups, self.screen,
         ])
         self.add_class("wb-sweep-viewer")
         self.refresh()
@@ -133,17 +140,21 @@ class SweepViewer(widgets.VBox):
             try:
                 _set_options(self.intervention, sorted(rows["intervention"].astype(str).unique()))
                 _set_options(self.metric, sorted(rows["metric"].astype(str).unique()))
+                methods = sorted(rows["method"].astype(str).unique(), key=lambda m: (m != "exact", m))
+                _set_options(self.method, methods)
                 _set_options(self.value, numeric)
             finally:
                 self._quiet = False
         self._draw()
 
-    def _selected(self) -> pd.DataFrame:
-        """Rows of the chosen intervention and metric."""
-        if not len(self.rows) or self.intervention.value is None or self.metric.value is None:
+    def _selected(self, method: str | None = None) -> pd.DataFrame:
+        """Rows of the chosen intervention, metric and rows kind (``method``: the chosen one by default)."""
+        method = method or self.method.value
+        if not len(self.rows) or self.intervention.value is None or self.metric.value is None or method is None:
             return self.rows.iloc[0:0]
         return self.rows[(self.rows["intervention"].astype(str) == self.intervention.value)
-                         & (self.rows["metric"].astype(str) == self.metric.value)]
+                         & (self.rows["metric"].astype(str) == self.metric.value)
+                         & (self.rows["method"].astype(str) == method)]
 
     def _shape(self) -> tuple[int, int]:
         facts = self.meta.get("model_facts", {})
@@ -157,7 +168,7 @@ class SweepViewer(widgets.VBox):
         name = self.value.value
         settings = self.meta.get("settings", {})
         stamp = time.strftime("%H:%M:%S", time.localtime(self.updated_at)) if self.updated_at else "never"
-        n_cells, done = settings.get("n_cells"), self.rows["cell"].nunique() if len(self.rows) else 0
+        n_cells, done = settings.get("n_cells"), self.rows["heads"].nunique() if len(self.rows) else 0
         progress = f"{done} of {n_cells} cells done" if n_cells else f"{done} cells done"
         self.info.value = (f"{html.escape(self.meta.get('status', 'no sweep.json yet'))}: {progress} "
                            f"({len(singles)} single heads and {len(groups)} head groups for this intervention "
@@ -165,11 +176,38 @@ class SweepViewer(widgets.VBox):
         m = self.matrix()
         finite = m[np.isfinite(m)]
         diverging = finite.size > 0 and finite.min() < 0 < finite.max()
-        title = f"{name}: {self.intervention.value or '-'} ablation, {self.metric.value or '-'}"
+        kind = "" if self.method.value in (None, "exact") else f" ({self.method.value} estimate)"
+        title = f"{name}: {self.intervention.value or '-'} ablation, {self.metric.value or '-'}{kind}"
         replace_figure(self.figure, head_heatmap(m, title, "RdBu_r" if diverging else "Viridis",
                                                  zmid=0.0 if diverging else None, colorbar_title=name))
         self.top.value = _table_html(singles, name, self.k, f"largest |{name}|")
         self.groups.value = _table_html(groups, name, self.k, "head groups") if len(groups) else ""
+        self._draw_screen()
+
+    def _draw_screen(self) -> None:
+        """Estimate vs exact of the verified cells (screened sweeps), for the chosen intervention and metric."""
+        from ..sweeps.report import screen_summary
+        from ..viz import estimate_scatter
+
+        exact = self._selected("exact")
+        verified = exact[exact["verify"].astype(str) != ""] if len(exact) else exact
+        if not len(verified):
+            self.screen.children = ()
+            return
+        table = verified.rename(columns={"effect": "exact"})[["heads", "estimate", "exact", "verify"]]
+        s = screen_summary(table)
+        text = widgets.HTML(f"<b>Estimate vs exact</b>: {s['verified']} cells verified; Spearman "
+                            f"{format_value(s['spearman_verified'])} (calibration cells "
+                            f"{format_value(s['spearman_calibration'])}); median |exact - estimate| "
+                            f"{format_value(s['median_abs_error'])}; largest |exact| among the random calibration "
+                            f"cells {format_value(s['largest_calibration_exact'])}")
+        fig = estimate_scatter(table, f"{self.metric.value}: estimate vs exact (verified cells)")
+        if self.scatter is None:
+            self.scatter = figure_widget(fig)
+            self.scatter.add_class("wb-sweep-scatter")
+        else:
+            replace_figure(self.scatter, fig)
+        self.screen.children = (text, self.scatter)
 
 
 def _set_options(dropdown: widgets.Dropdown, options: list[str]) -> None:
@@ -200,7 +238,8 @@ def _table_html(rows: pd.DataFrame, name: str, k: int, title: str) -> str:
     if not len(rows) or name not in rows:
         return ""
     top = rows.reindex(rows[name].abs().sort_values(ascending=False, kind="stable").index).head(k)
-    columns = list(dict.fromkeys(c for c in ("heads", name, "value", "baseline", "sem", "n_prompts") if c in top))
+    extra = ("estimate", "verify") if "verify" in top and top["verify"].astype(str).ne("").any() else ()
+    columns = list(dict.fromkeys(c for c in ("heads", name, "value", "baseline", "sem", "n_prompts", *extra) if c in top))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r[c]))}</td>" for c in columns) + "</tr>"
                    for r in top.to_dict("records"))
