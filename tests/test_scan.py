@@ -41,5 +41,9 @@ def test_streamed_statistics_match_exact_patterns(make):
         out[mode] = {c: v for name in ("previous_token", "duplicate_token", "induction", "copying")
                      for c, v in REGISTRY[name].compute(subject, ctx).items()}
         assert ctx.stimuli["repeated_random_tokens"]["capture"] == mode
-    for column in out["exact"]:
-        assert np.allclose(out["exact"][column], out["streamed"][column], atol=1e-5), column
+    for column in out["exact"]:  # per sequence (the bootstrap's items) and their weights, not only the means
+        exact, streamed = out["exact"][column], out["streamed"][column]
+        assert exact.values.shape == (settings["batch"] if column != "copying" else 2, subject.n_layers, subject.n_heads)
+        assert np.allclose(exact.values, streamed.values, atol=1e-5), column
+        assert np.array_equal(exact.weights, streamed.weights), column
+        assert np.allclose(exact.mean(), streamed.mean(), atol=1e-5), column

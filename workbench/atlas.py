@@ -3,6 +3,11 @@
 Every analysis writes its per-head numbers here and every view reads them from here. An Atlas is
 immutable: ``with_scores``, ``with_meta`` and ``merge`` return new ones. On disk it is
 ``atlas.parquet`` (the table) next to ``atlas.json`` (the metadata), both written atomically.
+
+A score column ``x`` may carry a confidence interval: the columns ``x_lo`` and ``x_hi`` beside it, and
+``meta["columns"]["x"]["interval"]`` saying how it was computed (method, what an item is, items,
+resamples, level, seed; ``workbench.scores.intervals``). Intervals exist only where the score had
+per-item values; a column without them has no bounds.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import pandas as pd
 
 from .errors import InputError
 from .io import atomic_write, atomic_write_json
+from .scores.intervals import Bootstrap, ItemScores
 
 ID_COLUMNS = ("layer", "head", "kv_group", "layer_type")
 TABLE_FILE, META_FILE = "atlas.parquet", "atlas.json"
+BOUNDS = ("_lo", "_hi")  # suffixes of a score's interval columns
 
 
 def _jsonable(meta: dict) -> dict:
@@ -63,14 +70,36 @@ class Atlas:
             first = table[dup].iloc[0]
             raise InputError(f"head L{first['layer']}H{first['head']} appears twice: an Atlas has one row per (layer, head)")
         self.meta = _jsonable(meta)
+        for name, col in self.meta.get("columns", {}).items():
+            missing = [name + b for b in BOUNDS if isinstance(col, dict) and col.get("interval") and name + b not in scores]
+            if missing:
+                raise InputError(f"the metadata gives column {name!r} an interval but the table lacks {', '.join(missing)}: "
+                                 "add both bounds or drop 'interval' from its description")
         self.n_layers = int(self.meta.get("n_layers", table["layer"].max() + 1))
         self.n_heads = int(self.meta.get("n_heads", table["head"].max() + 1))
         if table["layer"].min() < 0 or table["layer"].max() >= self.n_layers or table["head"].min() < 0 \
                 or table["head"].max() >= self.n_heads:
             raise InputError(f"layer or head index out of range: the metadata says {self.n_layers} layers x "
                              f"{self.n_heads} heads, numbered from 0")
-        self.table = (table[list(ID_COLUMNS) + scores].sort_values(["layer", "head"], kind="stable")
+        self.table = (table[list(ID_COLUMNS) + self._ordered(scores)].sort_values(["layer", "head"], kind="stable")
                       .reset_index(drop=True))
+
+    def _ordered(self, columns: list[str]) -> list[str]:
+        """Value columns with each score's bounds right after it."""
+        bounds = {c for c in columns if self._bound_of(c)}
+        out = []
+        for c in columns:
+            if c not in bounds:
+                out += [c] + [c + b for b in BOUNDS if c + b in bounds]
+        return out + [c for c in columns if c in bounds and c not in out]
+
+    def _bound_of(self, column: str) -> str | None:
+        """The score whose interval bound ``column`` is (per the metadata), else None."""
+        for b in BOUNDS:
+            base = column[:-len(b)]
+            if column.endswith(b) and (self.meta.get("columns", {}).get(base) or {}).get("interval"):
+                return base
+        return None
 
     @classmethod
     def for_model(cls, n_layers: int, n_heads: int, n_kv_heads: int, layer_types: list[str], meta: dict) -> "Atlas":
@@ -91,25 +120,65 @@ class Atlas:
 
     @property
     def score_columns(self) -> list[str]:
-        """The score columns: every column except layer, head, kv_group and layer_type."""
-        return [c for c in self.table.columns if c not in ID_COLUMNS]
+        """The score columns: every column except layer, head, kv_group, layer_type and the interval bounds."""
+        return [c for c in self.table.columns if c not in ID_COLUMNS and not self._bound_of(c)]
 
     def _column(self, name: str) -> pd.Series:
-        if name not in self.score_columns:
+        if name not in self.table.columns or name in ID_COLUMNS:
             raise InputError(f"no score column {name!r} in this Atlas: choose from "
                              f"{', '.join(self.score_columns) or '(none yet: add one with with_scores)'}")
         return self.table[name]
 
-    def with_scores(self, name: str, values, *, definition: str, source: str, range: str) -> "Atlas":
-        """A new Atlas with score column ``name`` set from an (n_layers, n_heads) array or a (layer, head)-indexed Series."""
+    def interval(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Score ``name``'s interval as (lo, hi) (n_layers, n_heads) arrays, or None where it has none."""
+        self._column(name)
+        if not self.interval_info(name):
+            return None
+        return self.matrix(name + BOUNDS[0]), self.matrix(name + BOUNDS[1])
+
+    def interval_info(self, name: str) -> dict | None:
+        """How score ``name``'s interval was computed (method, unit, items, resamples, level, seed), or None."""
+        return (self.meta.get("columns", {}).get(name) or {}).get("interval")
+
+    def with_scores(self, name: str, values, *, definition: str, source: str, range: str, lo=None, hi=None,
+                    interval: dict | None = None, bootstrap: Bootstrap | None = Bootstrap()) -> "Atlas":
+        """A new Atlas with score column ``name`` from an (n_layers, n_heads) array, a (layer, head) Series, or ItemScores (mean, and a bootstrap interval).
+
+        ``values`` as ``ItemScores`` (per-item values, ``workbench.scores.intervals``): the score is their
+        weighted mean and, unless ``bootstrap`` is None, its interval becomes ``name_lo`` / ``name_hi``.
+        Or give ``lo`` and ``hi`` (same layout as ``values``) with ``interval``, a dict saying how they were
+        computed. Otherwise the column has no interval (any old bounds of ``name`` are dropped).
+        """
         if not isinstance(name, str) or not name or name in ID_COLUMNS:
             raise InputError(f"a score column needs a new non-empty name other than {', '.join(ID_COLUMNS)}, got {name!r}")
+        if self._bound_of(name):
+            raise InputError(f"{name!r} is the interval bound of score {self._bound_of(name)!r}: pass lo= and hi= "
+                             "to with_scores of that score instead")
         described = {"definition": definition, "source": source, "range": range}
         empty = [k for k, v in described.items() if not isinstance(v, str) or not v.strip()]
         if empty:
             raise InputError(f"column {name!r} needs a one-line {' and '.join(empty)} (a string) for the metadata")
-        table = self.table.copy()
+        if isinstance(values, ItemScores):
+            if lo is not None or hi is not None:
+                raise InputError(f"give column {name!r} either ItemScores (its interval is bootstrapped) or lo/hi, not both")
+            found = values.interval(bootstrap) if bootstrap is not None else None
+            if found is not None:
+                lo, hi, interval = found
+            else:
+                described["no_interval"] = ("not computed (bootstrap off)" if bootstrap is None else
+                                            f"fewer than 2 items ({values.n_items} {values.unit})")
+            values = values.mean()
+        if (lo is None) != (hi is None) or (lo is not None and not isinstance(interval, dict)):
+            raise InputError(f"an interval for {name!r} needs both lo and hi, and interval= a dict saying how they "
+                             "were computed (method, level, items...)")
+        table = self.table.drop(columns=[name + b for b in BOUNDS if name + b in self.table.columns])
         table[name] = self._aligned(name, values)
+        if lo is not None:
+            low, high = self._aligned(name + BOUNDS[0], lo), self._aligned(name + BOUNDS[1], hi)
+            if (low > high).any():
+                raise InputError(f"the interval of {name!r} has lo > hi for some heads: pass (lower, upper) bounds")
+            table[name + BOUNDS[0]], table[name + BOUNDS[1]] = low, high
+            described["interval"] = {**interval, "lo": name + BOUNDS[0], "hi": name + BOUNDS[1]}
         meta = {**self.meta, "columns": {**self.meta.get("columns", {}), name: described}}
         return Atlas(table, meta)
 
@@ -155,8 +224,9 @@ class Atlas:
             raise InputError("cannot merge: the two atlases have different heads (layers, heads, KV groups or layer "
                              f"types differ: {self.n_layers}x{self.n_heads} vs {other.n_layers}x{other.n_heads}); "
                              "merge atlases of the same model only")
-        table = self.table.copy()
-        for name in other.score_columns:  # rows align: same heads, both sorted by (layer, head)
+        table = self.table.drop(columns=[c + b for c in other.score_columns for b in BOUNDS
+                                         if c + b in self.table.columns and self._bound_of(c + b)])
+        for name in other.table.columns.drop(list(ID_COLUMNS)):  # rows align: same heads, both sorted by (layer, head)
             table[name] = other.table[name].to_numpy()
         run = {k: v for k, v in other.meta.items() if k not in ("columns", "merged_from")}
         meta = {**self.meta, "columns": {**self.meta.get("columns", {}), **other.meta.get("columns", {})},
@@ -177,12 +247,17 @@ class Atlas:
             raise InputError(f"k must be a positive integer, got {k!r}")
         ranked = self.table[column.notna()].sort_values([name, "layer", "head"], ascending=[ascending, True, True],
                                                         kind="stable")
-        order = list(ID_COLUMNS) + [name] + [c for c in self.score_columns if c != name]
+        mine = [name] + [name + b for b in BOUNDS if self._bound_of(name + b)]
+        order = list(ID_COLUMNS) + mine + [c for c in self.table.columns if c not in ID_COLUMNS and c not in mine]
         return ranked[order].head(int(k)).reset_index(drop=True)
 
-    def heads(self, name: str, threshold: float, above: bool = True) -> list[tuple[int, int]]:
-        """Heads with ``name`` >= threshold (or <= when above=False), strongest first, NaN excluded."""
+    def heads(self, name: str, threshold: float, above: bool = True, confident: bool = False) -> list[tuple[int, int]]:
+        """Heads with ``name`` >= threshold (or <= when above=False), strongest first, NaN excluded; ``confident``: the whole interval past it."""
         column = self._column(name)
+        if confident:
+            if not self.interval_info(name):
+                raise InputError(f"score {name!r} has no interval, so confident=True cannot be judged: leave it False")
+            column = self.table[name + (BOUNDS[0] if above else BOUNDS[1])]
         chosen = self.table[column >= threshold] if above else self.table[column <= threshold]
         chosen = chosen.sort_values([name, "layer", "head"], ascending=[not above, True, True], kind="stable")
         return [(int(l), int(h)) for l, h in zip(chosen["layer"], chosen["head"])]
@@ -217,7 +292,7 @@ class Atlas:
 
     def plot(self, columns: list[str] | None = None, k: int = 10) -> dict:
         """Per score: a layer x head heatmap (hover: head, KV group, all scores) and a "top_<name>" table of k heads."""
-        from .viz.heads import format_value, head_heatmap, top_table
+        from .viz.heads import head_heatmap, interval_figure, top_table
 
         columns = self.score_columns if columns is None else [columns] if isinstance(columns, str) else list(columns)
         for name in columns:
@@ -225,7 +300,7 @@ class Atlas:
         hover = np.full((self.n_layers, self.n_heads), "", dtype=object)
         for row in self.table.to_dict("records"):
             lines = [f"KV group {row['kv_group']}, {row['layer_type']} attention"]
-            lines += [f"{c}: {format_value(row[c])}" for c in self.score_columns]
+            lines += [f"{c}: {self._value_text(row, c)}" for c in self.score_columns]
             hover[row["layer"], row["head"]] = "<br>".join(lines)
         model = f" ({self.meta['model']})" if self.meta.get("model") else ""
         figures = {}
@@ -235,17 +310,34 @@ class Atlas:
             diverging = finite.size > 0 and finite.min() < 0 < finite.max()  # both signs: centre the colours on 0
             figures[name] = head_heatmap(m, f"{name}{model}", "RdBu_r" if diverging else "Viridis",
                                          zmid=0.0 if diverging else None, hover=hover, colorbar_title=name)
-            top = self.top(name, k)[list(ID_COLUMNS) + [name]]
+            bounds = [name + b for b in BOUNDS] if self.interval_info(name) else []
+            top = self.top(name, k)[list(ID_COLUMNS) + [name] + bounds]
             figures[f"top_{name}"] = top_table(top, f"top {min(k, len(top))} heads by {name}")
+            if bounds and len(top):
+                info = self.interval_info(name)
+                figures[f"interval_{name}"] = interval_figure(
+                    [f"L{r['layer']}H{r['head']}" for r in top.to_dict("records")], top[name], top[bounds[0]],
+                    top[bounds[1]], f"top {len(top)} heads by {name}, {_interval_text(info)}", name)
         return figures
+
+    def _value_text(self, row, name: str) -> str:
+        """'0.52 [0.48, 0.56]' (value and interval) or '0.52' for a table row."""
+        from .viz.heads import format_interval, format_value
+
+        if not self.interval_info(name):
+            return format_value(row[name])
+        return f"{format_value(row[name])} {format_interval(row[name + BOUNDS[0]], row[name + BOUNDS[1]])}"
 
     def _description(self, name: str) -> str:
         """The column's definition, source and range as one paragraph."""
         col = self.meta.get("columns", {}).get(name)
         if not col:
             return f"{name}: no description recorded."
-        return " ".join(f"{label}{col.get(key, 'not recorded').rstrip('.')}." for label, key in
+        text = " ".join(f"{label}{col.get(key, 'not recorded').rstrip('.')}." for label, key in
                         (("", "definition"), ("Source: ", "source"), ("Range: ", "range")))
+        if col.get("interval"):
+            return f"{text} Interval ({name}_lo, {name}_hi): {_interval_text(col['interval'])}."
+        return f"{text} No interval: {col.get('no_interval', 'no per-item values behind this score')}."
 
     def to_html(self, path: str | Path, title: str | None = None, extra_figures: dict | None = None,
                 notes: str | None = None) -> Path:
@@ -254,8 +346,19 @@ class Atlas:
 
         figures = self.plot()
         sections = [("Notes", notes)] if notes else []
-        sections += [(name, [self._description(name), figures[name], figures[f"top_{name}"]])
+        sections += [(name, [self._description(name), figures[name], figures[f"top_{name}"]]
+                      + ([figures[f"interval_{name}"]] if f"interval_{name}" in figures else []))
                      for name in self.score_columns]
+        if self.meta.get("test_retest"):
+            from .viz.heads import top_table
+
+            seeds = self.meta.get("replicate_seeds", [])
+            sections.append(("Test-retest", [
+                f"The scan was repeated with stimulus seeds {seeds}; per score, the Spearman correlation between "
+                "replicates over all heads (mean and minimum over pairs), over the heads past the paper's threshold "
+                "in either replicate, how many heads are past it in each replicate, and the heads whose class "
+                "flips between replicates (their scores per replicate in atlas.json, key test_retest). "
+                + self.meta.get("test_retest_note", ""), top_table(_retest_frame(self.meta["test_retest"]))]))
         if extra_figures:
             sections.append(("More figures", list(extra_figures.values())))
         title = title or f"Head atlas: {self.meta.get('model', 'unnamed model')}"
@@ -263,8 +366,6 @@ class Atlas:
 
     def _repr_html_(self) -> str:
         """A compact notebook view: model, head counts, weights note, and the top 3 heads of each score."""
-        from .viz.heads import format_value
-
         kv = self.meta.get("n_kv_heads", self.table["kv_group"].nunique())
         head = (f"<b>Atlas</b> of {html.escape(str(self.meta.get('model', 'an unnamed model')))}: "
                 f"{self.n_layers} layers x {self.n_heads} query heads ({kv} KV heads), {len(self.table)} rows")
@@ -272,7 +373,7 @@ class Atlas:
         rows = []
         for name in self.score_columns:
             top = self.top(name, 3)
-            best = ", ".join(f"L{r['layer']}H{r['head']} {format_value(r[name])}" for r in top.to_dict("records"))
+            best = ", ".join(f"L{r['layer']}H{r['head']} {self._value_text(r, name)}" for r in top.to_dict("records"))
             rows.append(f"<tr><td>{html.escape(name)}</td><td>{html.escape(best or 'all NaN')}</td></tr>")
         table = ("<table><tr><th>score</th><th>top 3 heads</th></tr>" + "".join(rows) + "</table>") if rows \
             else "<p>No score columns yet.</p>"
@@ -281,6 +382,28 @@ class Atlas:
     def __repr__(self) -> str:
         return (f"Atlas({self.meta.get('model', 'unnamed')!r}: {self.n_layers} layers x {self.n_heads} heads, "
                 f"scores {self.score_columns})")
+
+
+def _interval_text(info: dict) -> str:
+    """How an interval was computed, in words: '95% expanded percentile bootstrap over 10 sequences, 1000 resamples, seed 0'."""
+    level = info.get("level")
+    level = f"{100 * level:g}% " if isinstance(level, (int, float)) else ""
+    return (f"{level}{info.get('method', 'interval')} over {info.get('items', '?')} {info.get('unit', 'items')}, "
+            f"{info.get('resamples', '?')} resamples, seed {info.get('seed', '?')}")
+
+
+def _retest_frame(retest: dict) -> pd.DataFrame:
+    """The test-retest summary (``workbench.replicates.retest``) as one row per score."""
+    rows = []
+    for name, e in retest.items():
+        flips = list(e.get("flips", {}))
+        threshold = f"{'>' if e.get('direction') == 'above' else '<'} {e['threshold']:g}" if "threshold" in e else ""
+        rows.append({"score": name, "spearman mean": e.get("spearman_mean"), "spearman min": e.get("spearman_min"),
+                     "spearman past threshold": e.get("spearman_past_mean"), "threshold": threshold,
+                     "heads past it": " / ".join(map(str, e.get("n_past", []))),
+                     "class flips": (f"{len(flips)}: " + ", ".join(flips[:12]) + (" ..." if len(flips) > 12 else ""))
+                     if "threshold" in e else ""})
+    return pd.DataFrame(rows)
 
 
 def _integers(column: pd.Series, name: str) -> pd.Series:

@@ -1,6 +1,8 @@
 """Detectors: named recipes that build a stimulus, capture once, and turn captures into Atlas columns.
 
-A detector's ``compute(subject, ctx)`` returns {column: (n_layers, n_heads) array}. ``ctx`` caches
+A detector's ``compute(subject, ctx)`` returns {column: (n_layers, n_heads) array, or ``ItemScores``: the
+per-item values (sequences, prompts, NIAH tests) whose mean is the score and whose bootstrap gives its
+interval (``workbench.scores.intervals``)}. A plain array gets no interval. ``ctx`` caches
 captures by stimulus, so detectors that share a stimulus share one forward pass. Analyses in other
 modules add detectors with :func:`register`.
 """
@@ -17,8 +19,10 @@ from .errors import InputError
 from .patterns import capture, capture_stats, predict_capture, predict_stats, select_heads
 from .patterns.capture import memory_plan, too_big
 from .patterns.memory import Budget, ModelDims, Prediction, largest_step
-from .scores import copying_score, duplicate_token_score, induction_score, previous_token_score, sink_rate
-from .scores.sinks import key_importance
+from .scores.copying import copying_items
+from .scores.induction import duplicate_token_items, induction_items, previous_token_items
+from .scores.intervals import ItemScores
+from .scores.sinks import sink_items
 from .scores.streamed import (duplicate_token_from_lags, previous_token_from_lags,
                               target_mass_from_stats)
 from .stimuli import random_token_ids, repeated_random_tokens
@@ -156,38 +160,47 @@ def choose_capture(subject, ctx, what: str, exact: Prediction | None, streamed, 
 
 @dataclass
 class RepeatAttention:
-    """Attention on the repeated-random-token stimulus: exact scores (L,3,H) or streamed statistics."""
+    """Attention on the repeated-random-token stimulus: exact per-sequence scores or streamed statistics."""
 
     stim: object
     mode: str
-    exact: torch.Tensor | None = None  # (L, 3, H): previous-token, duplicate-token, induction
+    exact: torch.Tensor | None = None  # (L, B, 3, H) per sequence: previous-token, duplicate-token, induction
+    counts: torch.Tensor | None = None  # (3, B): the queries each sequence contributes to each exact score
     lag_mass: torch.Tensor | None = None  # (L, H, B, N, bins)
     edges: torch.Tensor | None = None
     target_prob: torch.Tensor | None = None  # (L, H, B, N, 1)
 
-    def previous_token(self):
-        if self.mode == "exact":
-            return self.exact[:, 0]
-        return previous_token_from_lags(self.lag_mass, self.edges)
+    def _exact_items(self, score: int) -> ItemScores:
+        return ItemScores.from_tensor(self.exact[:, :, score].permute(0, 2, 1), self.counts[score], unit="sequences")
 
-    def duplicate_token(self):
+    def previous_token(self) -> ItemScores:
         if self.mode == "exact":
-            return self.exact[:, 1]
+            return self._exact_items(0)
+        return ItemScores.from_tensor(*previous_token_from_lags(self.lag_mass, self.edges), unit="sequences")
+
+    def duplicate_token(self) -> ItemScores:
+        if self.mode == "exact":
+            return self._exact_items(1)
         s = self.stim
-        return duplicate_token_from_lags(self.lag_mass, self.edges, s.seq_len, s.n_repeats, s.offset)
+        items = duplicate_token_from_lags(self.lag_mass, self.edges, s.seq_len, s.n_repeats, s.offset)
+        return ItemScores.from_tensor(*items, unit="sequences")
 
-    def induction(self):
+    def induction(self) -> ItemScores:
         if self.mode == "exact":
-            return self.exact[:, 2]
-        return target_mass_from_stats(self.target_prob, self.stim.induction_target)
+            return self._exact_items(2)
+        items = target_mass_from_stats(self.target_prob, self.stim.induction_target)
+        return ItemScores.from_tensor(*items, unit="sequences")
 
 
-def _repeat_scores(stim):
-    """reduce(layer, pattern) for capture: the three repeat scores of every head of one layer, (3, H) on the CPU."""
+def _repeat_scores(stim, counts: dict):
+    """reduce(layer, pattern) for capture: the three repeat scores of every head of one layer per sequence,
+    (B, 3, H) on the CPU; each score's query count per sequence (B,) goes into ``counts`` (the same every layer)."""
     def reduce(layer, pattern):
         p = pattern.transpose(0, 1)  # (H, B, N, N): the score functions take the batch third-last
-        return torch.stack([previous_token_score(p), duplicate_token_score(p, stim.input_ids),
-                            induction_score(p, stim.induction_target)]).cpu()
+        items = [previous_token_items(p), duplicate_token_items(p, stim.input_ids),
+                 induction_items(p, stim.induction_target)]
+        counts.update({i: c.cpu() for i, (_, c) in enumerate(items)})
+        return torch.stack([v for v, _ in items]).permute(2, 0, 1).cpu()
     return reduce
 
 
@@ -208,13 +221,15 @@ def _repeat_attention(subject, ctx: ScanContext) -> RepeatAttention:
         edges = torch.tensor(sorted(lags))
         request = AttentionStatsRequest(lag_bins=edges, targets=stim.induction_target, target_lags=(0,))
         exact = predict_capture(dims, select_heads(subject), b, n, device_type=device, reduce_copies=1.0,
-                                reduce_bytes=3 * dims.n_layers * dims.n_heads * 4)
+                                reduce_bytes=3 * dims.n_layers * dims.n_heads * b * 4)
         plan = choose_capture(subject, ctx, f"{b} x {n} repeated tokens", exact,
                               lambda step: predict_stats(dims, request, b, n, step=step, device_type=device), b)
         ctx.stimuli["repeated_random_tokens"] = {**stim.settings(), "capture": plan["mode"], "memory": plan}
         if plan["mode"] == "exact":
-            cap = capture(subject, stim.input_ids, reduce=_repeat_scores(stim), reduce_copies=1.0, batch_size=b)
-            return RepeatAttention(stim, "exact", exact=torch.stack([cap.reduced[l] for l in range(subject.n_layers)]))
+            counts = {}
+            cap = capture(subject, stim.input_ids, reduce=_repeat_scores(stim, counts), reduce_copies=1.0, batch_size=b)
+            return RepeatAttention(stim, "exact", exact=torch.stack([cap.reduced[l] for l in range(subject.n_layers)]),
+                                   counts=torch.stack([counts[i] for i in range(3)]))
         stats = capture_stats(subject, stim.input_ids, request, batch_size=plan["batch_size"])
         return RepeatAttention(stim, "streamed", lag_mass=_stats_by_layer(stats, subject, "lag_mass"), edges=edges,
                                target_prob=_stats_by_layer(stats, subject, "target_prob"))
@@ -223,15 +238,15 @@ def _repeat_attention(subject, ctx: ScanContext) -> RepeatAttention:
 
 
 def _previous_token(subject, ctx):
-    return {"previous_token": _repeat_attention(subject, ctx).previous_token().numpy()}
+    return {"previous_token": _repeat_attention(subject, ctx).previous_token()}
 
 
 def _duplicate_token(subject, ctx):
-    return {"duplicate_token": _repeat_attention(subject, ctx).duplicate_token().numpy()}
+    return {"duplicate_token": _repeat_attention(subject, ctx).duplicate_token()}
 
 
 def _induction(subject, ctx):
-    return {"induction": _repeat_attention(subject, ctx).induction().numpy()}
+    return {"induction": _repeat_attention(subject, ctx).induction()}
 
 
 def _copying(subject, ctx):
@@ -260,11 +275,11 @@ def _copying(subject, ctx):
         stats = capture_stats(subject, ids, request, z=True, batch_size=plan["batch_size"])
         rows = {layer: stats.stats[layer]["rows"].transpose(0, 1) for layer in stats.stats}
         z = stats.z
-    out = np.zeros((subject.n_layers, subject.n_heads))
+    out = np.zeros((subject.n_layers, subject.n_heads, ids.shape[0]))
     for layer in range(subject.n_layers):
         logits = subject.direct_logits(layer, z[layer][:, queries]).cpu()  # (H, B, Q, V)
-        out[layer] = copying_score(logits, rows[layer], ids, first_key=stim.offset).numpy()
-    return {"copying": out}
+        out[layer] = copying_items(logits, rows[layer], ids, first_key=stim.offset).numpy()
+    return {"copying": ItemScores.from_tensor(out, unit="sequences")}
 
 
 def _sink(subject, ctx):
@@ -287,9 +302,9 @@ def _sink(subject, ctx):
         ctx.stimuli["sink"]["memory"] = cap.memory
         return _by_layer(cap, subject)
 
-    pats = ctx.get("sink", build)
-    return {"sink_rate": sink_rate(pats, key=0, epsilon=0.3).numpy(),
-            "sink_mass": key_importance(pats)[..., 0].mean(-1).numpy()}
+    has_sink, alpha = sink_items(ctx.get("sink", build), key=0, epsilon=0.3)
+    return {"sink_rate": ItemScores.from_tensor(has_sink, unit="prompts"),
+            "sink_mass": ItemScores.from_tensor(alpha, unit="prompts")}
 
 
 for _det in (

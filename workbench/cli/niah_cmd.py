@@ -71,12 +71,13 @@ def run(args) -> int:
     if intact.table["correct"].any():
         scores = intact.retrieval_scores()
         atlas = Atlas.for_model(subject.n_layers, subject.n_heads, subject.n_kv_heads, subject.layer_types, meta)
-        atlas = atlas.with_scores("retrieval", scores, definition="Wu et al. 2024 retrieval score (copy-paste share "
+        atlas = atlas.with_scores("retrieval", intact.retrieval_items(), definition="Wu et al. 2024 retrieval score (copy-paste share "
                                   "of answer tokens, mean over correctly answered tests)", source="Wu et al. 2024",
                                   range="[0, 1]")
         atlas.save(out)
-        top = atlas.top("retrieval", 10)
-        sections.append(("Retrieval heads", [retrieval_heatmap(scores), top_table(top[["layer", "head", "retrieval"]])]))
+        top = atlas.top("retrieval", 10)  # with its bootstrap interval over the correct tests (docs/error-bars.md)
+        shown = ["layer", "head"] + [c for c in ("retrieval", "retrieval_lo", "retrieval_hi") if c in top]
+        sections.append(("Retrieval heads", [retrieval_heatmap(scores), top_table(top[shown])]))
         n = int((scores > RETRIEVAL_THRESHOLD).sum())
         print(f"  retrieval heads (> {RETRIEVAL_THRESHOLD}): {n} of {scores.size} ({100 * n / scores.size:.1f}%); top: "
               + ", ".join(f"L{r['layer']}H{r['head']} {r['retrieval']:.2f}" for _, r in top.head(5).iterrows()))

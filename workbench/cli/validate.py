@@ -100,6 +100,17 @@ def count(minimum: int = 1):
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1 (e.g. a confidence level)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
+    return value
+
+
 def counts(minimum: int = 1):
     """An argparse type: comma-separated whole numbers, each >= ``minimum`` (returned as the text)."""
     one = count(minimum)

@@ -1,7 +1,8 @@
 """Opt-in Atlas detectors: ``retrieval`` (Wu et al. 2024), ``long_range`` (METHODS s8), ``sink_hidden`` (ACT).
 
 Run with ``workbench scan --detectors retrieval,long_range,sink_hidden`` (not in the default scan).
-Settings (``scan(settings=...)``): ``niah_lengths``, ``niah_depths``, ``niah_needles``, ``niah_haystack``
+Settings (``scan(settings=...)``): ``niah_lengths`` (256, 512), ``niah_depths`` (0, 50, 100), ``niah_needles``
+(8: two per family), ``niah_kinds`` (needle families, ``stimuli.niah.FAMILIES``), ``niah_haystack``
 ('noise', 'random' or a file), ``niah_max_new_tokens``, ``niah_batch``; ``long_range_window``, ``long_range_tokens``,
 ``long_range_batch``; ``hidden_sink_tokens``, ``hidden_sink_batch``. Natural text comes from
 ``sink_texts`` (``scan --text FILE``) when given, else from the seeded random-word haystack.
@@ -13,7 +14,7 @@ import torch
 
 from ..detectors import Column, Detector, register
 from ..errors import InputError
-from ..stimuli.niah import haystack_ids, niah_grid
+from ..stimuli.niah import FAMILIES, KINDS, haystack_ids, niah_grid
 from .long_range import N_SINK, long_range_mass, uniform_long_range
 from .niah import run_niah
 from .scoring import RETRIEVAL_THRESHOLD
@@ -40,15 +41,19 @@ def natural_text(subject, ctx, n_tokens: int, batch: int, key: str) -> torch.Ten
 
 def _retrieval(subject, ctx):
     s = ctx.settings
-    grid = niah_grid(subject, s.get("niah_lengths", (256, 512)), s.get("niah_depths", (0, 25, 50, 75, 100)),
-                     n_needles=s.get("niah_needles", 3), haystack=s.get("niah_haystack", "noise"), seed=ctx.seed)
+    grid = niah_grid(subject, s.get("niah_lengths", (256, 512)), s.get("niah_depths", (0, 50, 100)),
+                     n_needles=s.get("niah_needles", 2 * len(FAMILIES)), haystack=s.get("niah_haystack", "noise"),
+                     seed=ctx.seed, kinds=s.get("niah_kinds", FAMILIES))
     run = run_niah(subject, grid.tests, max_new_tokens=s.get("niah_max_new_tokens", 32),
                    batch_size=s.get("niah_batch", 8))
-    scores = run.retrieval_scores()
+    scores = run.retrieval_scores()  # InputError if no test was answered correctly
+    correct = run.table.groupby("kind", sort=False)["correct"]
     ctx.stimuli["niah"] = {**grid.settings, "accuracy": run.accuracy, "n_tests": len(run.table),
                            "n_correct": int(run.table["correct"].sum()),
+                           "accuracy_by_family": correct.mean().round(4).to_dict(),
                            "retrieval_heads": int((scores > RETRIEVAL_THRESHOLD).sum())}
-    return {"retrieval": scores}
+    families = list(dict.fromkeys(run.table["kind"]))
+    return {"retrieval": run.retrieval_items(), **{f"retrieval_{k}": run.retrieval_items(k) for k in families}}
 
 
 def _long_range(subject, ctx):
@@ -69,11 +74,14 @@ def _sink_hidden(subject, ctx):
     return {"sink_hidden": report.rate, "sink_hidden_mass": report.mass}
 
 
-register(Detector("retrieval", {"retrieval": Column(
-    "retrieval score: per correctly answered NIAH test, the share of answer tokens the head copy-pastes "
-    "(its top-1 key lies in the needle's answer and holds the generated token), averaged over those tests; "
-    f"retrieval heads > {RETRIEVAL_THRESHOLD}", "Wu et al. 2024 (Retrieval Head); METHODS.md s2", "[0, 1]")},
-    _retrieval, "retrieval heads from greedy NIAH answers"))
+_RETRIEVAL = ("retrieval score: per correctly answered NIAH test, the share of answer tokens the head copy-pastes "
+              "(its top-1 key lies in the needle's answer and holds the generated token), averaged over those tests")
+register(Detector("retrieval", {
+    "retrieval": Column(f"{_RETRIEVAL}, needle families mixed; retrieval heads > {RETRIEVAL_THRESHOLD}",
+                        "Wu et al. 2024 (Retrieval Head); METHODS.md s2", "[0, 1]"),
+    **{f"retrieval_{kind}": Column(f"{_RETRIEVAL}, '{kind}' needles only", "Wu et al. 2024 (Retrieval Head); "
+                                   "per needle family: docs/error-bars.md", "[0, 1]") for kind in KINDS},
+}, _retrieval, "retrieval heads from greedy NIAH answers, overall and per needle family"))
 register(Detector("long_range", {"long_range": Column(
     f"share of non-sink attention (first {N_SINK} keys excluded) on keys beyond the local window "
     "(default 128 tokens), mean over queries past window + sinks, on natural text",

@@ -20,6 +20,7 @@ from ..inputs import as_heads
 from ..patterns.capture import memory_plan, too_big
 from ..patterns.memory import Budget, ModelDims, largest_step, steady_allocator
 from ..progress import progress
+from ..scores.intervals import ItemScores
 from ..stimuli.niah import NeedleTest
 from .decode import decode, predict_decoding, prefill
 from .scoring import CORRECT_RECALL, mean_over_correct, retrieval_score, rouge1_recall
@@ -45,6 +46,15 @@ class NiahRun:
         if self.head_scores is None:
             raise InputError("this run did not record top-1 keys: run it with record=True")
         return mean_over_correct(self.head_scores, self.table["correct"].to_numpy())
+
+    def retrieval_items(self, kind: str | None = None) -> ItemScores:
+        """Per-test retrieval scores (n_tests, L, H) as items, counting the correctly answered tests (of needle family ``kind`` if given); their mean is retrieval_scores()."""
+        if self.head_scores is None:
+            raise InputError("this run did not record top-1 keys: run it with record=True")
+        keep = self.table["correct"].to_numpy(dtype=bool)
+        if kind is not None:
+            keep = keep & (self.table["kind"] == kind).to_numpy()
+        return ItemScores(self.head_scores, keep, "NIAH tests answered correctly")
 
     def accuracy_grid(self) -> pd.DataFrame:
         """Accuracy per (depth, length): depths as rows, lengths as columns."""

@@ -7,7 +7,13 @@ import torch
 
 def copying_score(direct_logits: torch.Tensor, pattern: torch.Tensor, input_ids: torch.Tensor,
                   first_key: int = 1, top_keys: int = 8) -> torch.Tensor:
-    """Attention-weighted mean of 2*percentile - 1 of the attended tokens' direct logits within the vocabulary; [-1, 1].
+    """Mean over sequences and queries of ``copying_items``: the copying score of a head; [-1, 1]."""
+    return copying_items(direct_logits, pattern, input_ids, first_key, top_keys).mean(-1)
+
+
+def copying_items(direct_logits: torch.Tensor, pattern: torch.Tensor, input_ids: torch.Tensor,
+                  first_key: int = 1, top_keys: int = 8) -> torch.Tensor:
+    """Per sequence (..., B): attention-weighted mean of 2*percentile - 1 of the attended tokens' direct logits within the vocabulary; [-1, 1].
 
     direct_logits: (..., B, Q, V) the head's direct effect on the logits at Q query positions
     (W_U diag(g) W_O z; the final norm's 1/rms is a positive factor per position and does not change
@@ -30,4 +36,4 @@ def copying_score(direct_logits: torch.Tensor, pattern: torch.Tensor, input_ids:
     below = torch.searchsorted(ranked, on_keys, right=False)
     not_above = torch.searchsorted(ranked, on_keys, right=True)
     percentile = (below + not_above).float() / (2 * logits.shape[-1])
-    return (weight * (2 * percentile - 1)).sum(-1).mean((-1, -2))
+    return (weight * (2 * percentile - 1)).sum(-1).mean(-1)

@@ -16,5 +16,10 @@ def key_importance(patterns: torch.Tensor, dtype: torch.dtype | None = None) -> 
 
 def sink_rate(patterns: torch.Tensor, key: int = 0, epsilon: float = 0.3) -> torch.Tensor:
     """Share of samples where alpha_key > epsilon (Gu et al. 2024's Sink_k^eps per head; eps = 0.3); [0, 1]."""
+    return sink_items(patterns, key, epsilon)[0].mean(-1)
+
+
+def sink_items(patterns: torch.Tensor, key: int = 0, epsilon: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (..., B): whether alpha_key > epsilon (1.0 or 0.0; their mean is sink_rate), and alpha_key itself (Gu et al. 2024)."""
     alpha = key_importance(patterns)[..., key]
-    return (alpha > epsilon).float().mean(-1)
+    return (alpha > epsilon).to(alpha.dtype), alpha

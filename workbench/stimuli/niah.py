@@ -1,8 +1,12 @@
 """Needle-in-a-haystack stimuli (Wu et al. 2024's retrieval-head set-up; RULER's noise haystack).
 
 A test is one prompt of exactly ``length`` tokens: ``[template prefix] haystack[:i] needle haystack[i:]
-[template suffix: the question]``. The needle is a sentence whose *answer* (a number or a rare word pair)
-occurs nowhere else in the prompt, so a generated answer token can only come from the needle. The
+[template suffix: the question]``. The needle is a sentence whose *answer* occurs nowhere else in the prompt,
+so a generated answer token can only come from the needle. Needles come in families (``FAMILIES``): a
+7-digit number, a four-word password, a letter-digit code and a person's name; the default grid mixes
+them in equal numbers, and its seeded needles have answers of at least ``MIN_ANSWER_TOKENS`` tokens, so
+that one copied token is not half a head's score (Wu et al.'s score is copied tokens / answer tokens).
+The old two-word password (``word_pair``) stays available for comparison. The
 insertion point ``i`` is ``depth`` % into the haystack, moved back to the previous sentence end as in
 Wu et al.'s code (depth 100: the very end). Prompts are assembled from token ids (never decoded and
 re-encoded), so the recorded needle and answer spans are exact.
@@ -30,7 +34,9 @@ from .text import paragraphs
 # RULER's noise haystack (Hsieh et al. 2024, "RULER", niah task with haystack "noise")
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 QUESTION = "Based on the content of the book, Question: {question}\nAnswer:"  # Wu et al. 2024's prompt
-KINDS = ("number", "password")
+FAMILIES = ("number", "password", "code", "name")  # the default mix of needle families
+KINDS = FAMILIES + ("word_pair",)  # every family needle_pool can draw
+MIN_ANSWER_TOKENS = 4  # seeded needles with shorter answers are not used (one token would be >= 1/3 of a score)
 _SENTINEL = "\u0000CONTEXT\u0000"
 _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s*$")
 
@@ -38,11 +44,18 @@ _SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s*$")
 _CITIES = ("Lisbon", "Oslo", "Kyoto", "Nairobi", "Quito", "Tbilisi", "Hanoi", "Reykjavik", "Valparaiso",
            "Marrakesh", "Tallinn", "Cusco", "Dakar", "Hobart", "Bergen", "Tromso")
 _PLACES = ("north tower", "old library", "river cabin", "glass house", "east harbour", "stone bridge",
-           "winter garden", "clock room", "salt mine", "hidden cellar", "blue door", "lower deck")
+           "winter garden", "clock room", "salt mine", "hidden cellar", "blue door", "lower deck",
+           "copper mill", "west gate", "signal tower", "boat shed", "map room", "orchard gate", "iron foundry",
+           "south pier", "chapel crypt", "coal yard", "upper gallery", "weather station")
 _ADJECTIVES = ("lavender", "crimson", "velvet", "cobalt", "emerald", "violet", "turquoise", "saffron",
                "indigo", "maroon", "tangerine", "magenta")
 _NOUNS = ("submarine", "lighthouse", "telescope", "harpoon", "pelican", "lantern", "glacier", "trombone",
           "cactus", "walrus", "zeppelin", "hammock", "volcano", "penguin", "pineapple", "tornado")
+_CODE_LETTERS = "QVXZKJW"  # rare as lone tokens in English text; no separators ('-' is common in novels)
+_FIRST_NAMES = ("Zephyrine", "Ottoline", "Leopoldine", "Isidora", "Thaddeus", "Evander", "Cosimo", "Ignatius",
+                "Philomena", "Wilhelmina", "Barnaby", "Octavia", "Florian", "Rosalind", "Casimir", "Augustina")
+_SURNAMES = ("Ballantrae", "Okonkwo", "Vasquez", "Lindqvist", "Abernathy", "Quartermaine", "Nakamura",
+             "Featherstone", "Rasmussen", "Winterbourne", "Castellanos", "Przybylski", "Thistlewood", "Oyelaran")
 
 
 @dataclass(frozen=True)
@@ -61,38 +74,54 @@ class Needle:
             raise InputError("a needle needs a question that asks for its answer")
 
 
-def needle_pool(n: int, seed: int = 0, kinds: Sequence[str] = KINDS) -> list[Needle]:
-    """``n`` distinct seeded needles: 'number' (a 7-digit number with distinct digits) or 'password' (a rare word pair), alternating."""
+def _pick(rng, options):
+    return options[rng.integers(len(options))]
+
+
+def _draw(kind: str, rng) -> tuple[Needle, tuple]:
+    """One seeded needle of family ``kind`` and its key (needles with equal keys share a question)."""
+    if kind == "number":  # a 7-digit number with distinct digits (Wu et al.'s / RULER's magic number)
+        city = _pick(rng, _CITIES)
+        digits = rng.permutation(10)[:7]
+        if digits[0] == 0:
+            digits = digits[::-1]
+        value = "".join(map(str, digits))
+        return (Needle(f"The special magic number for {city} is {value}.",
+                       f"What is the special magic number for {city}?", value, kind), (kind, city))
+    place = _pick(rng, _PLACES)
+    if kind in ("password", "word_pair"):  # four (or, word_pair, two) rare words
+        words = [_pick(rng, _ADJECTIVES if i % 2 == 0 else _NOUNS) for i in range(4 if kind == "password" else 2)]
+        value = " ".join(words)
+        return (Needle(f"The secret password for the {place} is {value}.",
+                       f"What is the secret password for the {place}?", value, kind), (kind, place))
+    if kind == "code":  # letters, digits, letters, e.g. QX4417ZV
+        letters = "".join(_pick(rng, _CODE_LETTERS) for _ in range(4))
+        value = f"{letters[:2]}{rng.integers(1000, 10000)}{letters[2:]}"
+        return (Needle(f"The access code for the {place} is {value}.",
+                       f"What is the access code for the {place}?", value, kind), (kind, place))
+    value = f"{_pick(rng, _FIRST_NAMES)} {_pick(rng, _SURNAMES)}"  # name
+    return (Needle(f"The keeper of the {place} is called {value}.",
+                   f"What is the name of the keeper of the {place}?", value, kind), (kind, place))
+
+
+def needle_pool(n: int, seed: int = 0, kinds: Sequence[str] = FAMILIES) -> list[Needle]:
+    """``n`` distinct seeded needles cycling through ``kinds`` (``KINDS``: number, password, code, name, word_pair); distinct questions."""
     if n < 1:
         raise InputError(f"ask for at least one needle, got n={n}")
+    kinds = list(kinds)
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
-        raise InputError(f"needle kinds must be among {KINDS}, got {list(kinds)}")
+        raise InputError(f"needle kinds must be among {KINDS}, got {kinds}")
     rng = np.random.default_rng(seed)
     out, seen = [], set()
     for attempt in range(50 * n):
-        kind = kinds[len(out) % len(kinds)]
-        if kind == "number":
-            city = _CITIES[rng.integers(len(_CITIES))]
-            digits = rng.permutation(10)[:7]
-            if digits[0] == 0:
-                digits = digits[::-1]
-            value = "".join(map(str, digits))
-            needle = Needle(f"The special magic number for {city} is {value}.",
-                            f"What is the special magic number for {city}?", value, kind)
-            key = ("number", city)
-        else:
-            place = _PLACES[rng.integers(len(_PLACES))]
-            value = f"{_ADJECTIVES[rng.integers(len(_ADJECTIVES))]} {_NOUNS[rng.integers(len(_NOUNS))]}"
-            needle = Needle(f"The secret password for the {place} is {value}.",
-                            f"What is the secret password for the {place}?", value, kind)
-            key = ("password", place, value.split()[0])
+        needle, key = _draw(kinds[len(out) % len(kinds)], rng)
         if key not in seen:  # distinct questions and answers within the pool
             seen.add(key)
             out.append(needle)
             if len(out) == n:
                 return out
-    raise InputError(f"cannot draw {n} distinct needles of kinds {list(kinds)}: ask for fewer")
+    raise InputError(f"cannot draw {n} distinct needles of kinds {kinds}: ask for fewer")
 
 
 @dataclass
@@ -291,24 +320,43 @@ def _check_grid(subject, lengths, depths) -> tuple[list[int], list[float]]:
     return lengths, depths
 
 
-def niah_grid(subject, lengths: Sequence[int], depths: Sequence[float], n_needles: int = 3,
+def _quotas(n: int, kinds: Sequence[str]) -> dict[str, int]:
+    """Needles per family: ``n`` split as evenly as possible, earlier families first."""
+    return {k: n // len(kinds) + (i < n % len(kinds)) for i, k in enumerate(kinds)}
+
+
+def niah_grid(subject, lengths: Sequence[int], depths: Sequence[float], n_needles: int = 4,
               haystack: str | Path = "noise", seed: int = 0, needles: Sequence[Needle] | None = None,
-              chat: bool | None = None, question_template: str = QUESTION) -> NiahGrid:
-    """NIAH prompts of exactly each length (tokens) x depth (%) x needle; needles whose answer tokens occur elsewhere in the prompt are replaced from the seeded pool."""
+              chat: bool | None = None, question_template: str = QUESTION, kinds: Sequence[str] = FAMILIES,
+              min_answer_tokens: int = MIN_ANSWER_TOKENS) -> NiahGrid:
+    """NIAH prompts of exactly each length (tokens) x depth (%) x needle; seeded needles balanced over ``kinds``, with answers of >= ``min_answer_tokens`` tokens absent from the rest of the prompt."""
     lengths, depths = _check_grid(subject, lengths, depths)
     given = needles is not None
-    candidates = list(needles) if given else needle_pool(max(4 * n_needles, n_needles + 8), seed)
+    if not given:
+        kinds = list(dict.fromkeys(kinds or ()))
+        if n_needles < 1:
+            raise InputError(f"ask for at least one needle, got n_needles={n_needles}")
+        pool = min(max(4 * n_needles, n_needles + 8), len(kinds) * len(_PLACES))
+        if pool < n_needles:
+            raise InputError(f"at most {pool} distinct needles of kinds {kinds}: ask for fewer or add kinds")
+    candidates = list(needles) if given else needle_pool(pool, seed, kinds)
     if given and not candidates:
         raise InputError("needles is empty: pass Needle objects or leave it None for the seeded pool")
     want = len(candidates) if given else n_needles
+    quota = None if given else _quotas(n_needles, kinds)
     hay_name = _haystack_name(haystack)
-    tests, used, rejected, chat_used = [], [], [], chat
+    tests, used, rejected, short, chat_used = [], [], [], [], chat
     for needle in candidates:
         if len(used) == want:
             break
+        if quota is not None and quota.get(needle.kind, 0) <= sum(u.kind == needle.kind for u in used):
+            continue
         template = prompt_template(subject, needle.question, chat, question_template)
         chat_used = template.chat
         n_ids, a_span = _needle_ids(subject, needle)
+        if not given and a_span[1] - a_span[0] < min_answer_tokens:
+            short.append(needle.text)
+            continue
         answer = set(n_ids[a_span[0]:a_span[1]])
         fixed = len(template.prefix) + len(n_ids) + len(template.suffix)
         if lengths[0] <= fixed:
@@ -335,10 +383,14 @@ def niah_grid(subject, lengths: Sequence[int], depths: Sequence[float], n_needle
                     needle_span=(start, start + len(n_ids)),
                     answer_span=(start + a_span[0], start + a_span[1]), haystack=hay_name))
     if len(used) < want:
+        why = f"; {len(short)} had answers shorter than {min_answer_tokens} tokens (lower min_answer_tokens)" if short else ""
         raise InputError(f"only {len(used)} of {want} needles have answers whose tokens are absent from the "
-                         f"haystack {hay_name!r} (rejected: {rejected[:3]}): use another haystack or other needles")
+                         f"haystack {hay_name!r} (rejected: {rejected[:3]}){why}: use another haystack, other "
+                         "needle kinds, fewer needles or your own needles")
     settings = {"kind": "niah", "lengths": lengths, "depths": depths, "n_needles": len(used), "haystack": hay_name,
                 "seed": seed, "chat": chat_used,
                 "question_template": question_template, "needles": [n.text for n in used],
-                "rejected_needles": rejected}
+                "families": [n.kind for n in used], "rejected_needles": rejected}
+    if not given:
+        settings.update(kinds=kinds, min_answer_tokens=min_answer_tokens, short_answers=short)
     return NiahGrid(tests, settings)

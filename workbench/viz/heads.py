@@ -25,6 +25,33 @@ def format_value(value) -> str:
     return str(value)
 
 
+def format_interval(lo, hi) -> str:
+    """An interval as short text: '[0.481, 0.562]', or '' when either bound is missing."""
+    if any(v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)) for v in (lo, hi)):
+        return ""
+    return f"[{format_value(lo)}, {format_value(hi)}]"
+
+
+def interval_figure(labels: Sequence[str], values, lo, hi, title: str, name: str = "score") -> go.Figure:
+    """Points with error bars, one row per label (first at the top): ``values`` with their [lo, hi] intervals."""
+    v, low, high = (np.asarray(x, dtype=np.float64) for x in (values, lo, hi))
+    labels = [str(x) for x in labels]
+    if not (v.shape == low.shape == high.shape == (len(labels),)) or not labels:
+        raise InputError(f"interval_figure needs one value, lo and hi per label ({len(labels)} labels), got shapes "
+                         f"{v.shape}, {low.shape}, {high.shape}")
+    text = [f"{lab}: {format_value(x)} {format_interval(a, b)}" for lab, x, a, b in zip(labels, v, low, high)]
+    point = go.Scatter(x=v, y=labels, mode="markers", marker={"size": 9, "color": "#1f77b4"}, text=text,
+                       hovertemplate="%{text}<extra></extra>",
+                       error_x={"type": "data", "symmetric": False, "array": high - v, "arrayminus": v - low,
+                                "thickness": 1.5, "width": 4})
+    fig = go.Figure(point)
+    fig.update_layout(title={"text": title}, height=_clamp(120 + 26 * len(labels), 260, 900), width=640,
+                      margin={"l": 80, "r": 20, "t": 60, "b": 50}, showlegend=False)
+    fig.update_xaxes(title_text=f"{name} (point and interval)")
+    fig.update_yaxes(autorange="reversed", type="category")
+    return fig
+
+
 def _clamp(value: float, lo: float, hi: float) -> int:
     return int(min(max(value, lo), hi))
 

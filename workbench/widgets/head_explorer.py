@@ -10,7 +10,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..errors import InputError
-from ..viz.heads import format_value, pattern_figure
+from ..viz.heads import format_interval, format_value, pattern_figure
 from .background import Jobs
 from .figure_widget import figure_widget, replace_figure
 from .head_grid import HeadGrid
@@ -128,7 +128,7 @@ class HeadExplorer(widgets.VBox):
         return self.atlas.plot([column])[column]
 
     def _scores_html(self, layer: int, head: int) -> str:
-        """The head's identity and every score with its rank among all heads (definition on hover)."""
+        """The head's identity and every score with its interval (where it has one) and rank among all heads (definition on hover)."""
         table = self.atlas.table
         row = table[(table["layer"] == layer) & (table["head"] == head)].iloc[0]
         described = self.atlas.meta.get("columns", {})
@@ -138,11 +138,14 @@ class HeadExplorer(widgets.VBox):
             finite = table[name].dropna()
             rank = "" if np.isnan(value) else f"{int((finite > value).sum()) + 1} of {len(finite)}"
             tip = html.escape(described.get(name, {}).get("definition", ""), quote=True)
+            bounds = (format_interval(row[f"{name}_lo"], row[f"{name}_hi"])
+                      if self.atlas.interval_info(name) else "")
             lines.append(f"<tr title='{tip}'><td>{html.escape(name)}</td><td style='text-align:right'>"
-                         f"{format_value(float(value))}</td><td style='color:#6b7380'>{rank}</td></tr>")
+                         f"{format_value(float(value))}</td><td style='color:#6b7380'>{bounds}</td>"
+                         f"<td style='color:#6b7380'>{rank}</td></tr>")
         return (f"<div style='padding:0 1em'><h3 style='margin:0.2em 0'>L{layer}H{head}</h3>"
                 f"<div>KV group {row['kv_group']}, {html.escape(row['layer_type'])} attention</div>"
-                "<table><tr><th>score</th><th>value</th><th>rank</th></tr>" + "".join(lines) + "</table></div>")
+                "<table><tr><th>score</th><th>value</th><th>interval</th><th>rank</th></tr>" + "".join(lines) + "</table></div>")
 
     def _show_pattern(self) -> None:
         layer, head = self.selected
