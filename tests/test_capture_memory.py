@@ -112,7 +112,7 @@ def test_scan_auto_streams_in_batch_steps_when_exact_does_not_fit(monkeypatch):
     assert chosen["capture"] == "streamed" and chosen["memory"]["batch_size"] == 2
     assert chosen["memory"]["reason"].startswith("streamed in steps of 2 of 6 rows (exact would need")
     assert chosen["memory"]["predicted_host_bytes"] == streamed[1]
-    assert np.allclose(scores, exact, atol=1e-5)
+    assert np.allclose(scores.values, exact.values, atol=1e-5) and np.array_equal(scores.weights, exact.weights)
     with pytest.raises(CaptureMemoryError, match="Use --capture streamed"):
         REGISTRY["induction"].compute(subject, ScanContext(seed=0, settings={**settings, "capture": "exact"}))
 
