@@ -160,7 +160,8 @@ def _run(subject, case: dict, small: bool):
         out = capture_lists(subject, lists, method=case["method"])
         return out, _plan(out.settings["memory"])
     if path == "niah":
-        from workbench.retrieval.decode import decode, predict_decoding, prefill
+        from workbench.models.decoding import prefill
+        from workbench.retrieval.decode import decode, predict_decoding
 
         state = prefill(subject, ids)
         new = 2 if small else case["new"]

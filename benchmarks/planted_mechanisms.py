@@ -33,7 +33,8 @@ def one(task: str, seed: int, out: Path, force: bool) -> dict:
     from workbench.models import from_pretrained_folder
     from workbench.toy.planted import check_detectors, ground_truth, held_out_items
     from workbench.toy.planted.truth import RELAY
-    from workbench.toy.train import TrainConfig, list_checkpoints, load_config, train
+    from workbench.toy.run_folder import list_checkpoints
+    from workbench.toy.train import TrainConfig, load_config, train
 
     result_path = out / "results" / f"{task}-seed{seed}.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
@@ -74,7 +75,7 @@ def one(task: str, seed: int, out: Path, force: bool) -> dict:
 def ship(task: str, out: Path) -> Path:
     """Copy the seed-0 run into data/toy/<name>/ as shipped: the run's tables, the tokenizer and only the final
     checkpoint, without optimizer state (what ``wb.load(name)`` and ``workbench trajectory`` read)."""
-    from workbench.toy.train import OPTIMIZER_FILE, list_checkpoints
+    from workbench.toy.run_folder import OPTIMIZER_FILE, list_checkpoints
 
     name = f"toy-{task}-2l"
     run, dest = out / f"{name}-seed0", ROOT / "data" / "toy" / name

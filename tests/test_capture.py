@@ -134,7 +134,7 @@ def test_passes_without_logits_project_only_the_last_position(make):
     """capture(logits=False), capture_stats and the NIAH prefill skip the N x vocab logits (262k vocab on gemma3)."""
     from workbench.kernels import AttentionStatsRequest
     from workbench.patterns import capture_stats
-    from workbench.retrieval.decode import prefill
+    from workbench.models.decoding import prefill
 
     subject = make(seed=1)
     rows = []

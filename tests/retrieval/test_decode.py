@@ -8,8 +8,9 @@ import torch
 from tests.conftest import tiny_gemma3, tiny_llama
 from workbench.errors import InputError
 from workbench.interventions import ZeroQuery, apply
+from workbench.models.decoding import prefill
 from workbench.patterns import capture
-from workbench.retrieval.decode import decode, prefill
+from workbench.retrieval.decode import decode
 from workbench.retrieval.niah import run_conditions
 from workbench.stimuli.niah import Needle, NeedleTest
 
@@ -54,7 +55,9 @@ def test_masked_decode_matches_masked_reference_and_prefill_is_shared():
     subject = tiny_llama(seed=3)
     ids = _prompts(seed=1)
     heads = [(0, 1), (1, 2), (1, 3)]
-    masked = decode(subject, prefill(subject, ids, heads), max_new_tokens=4, stop_at_newline=False, mask_heads=heads)
+    with apply(subject, ZeroQuery(heads)):
+        state = prefill(subject, ids)
+    masked = decode(subject, state, max_new_tokens=4, stop_at_newline=False, mask_heads=heads)
     ref = _greedy_reference(subject, ids, 4, [ZeroQuery(heads)])
     for row, toks in enumerate(masked.tokens):
         assert toks == ref[row, :len(toks)].tolist()

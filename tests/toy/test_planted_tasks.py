@@ -68,7 +68,7 @@ def test_knowledge_conflict_task_has_memory_target_and_context_foil(tmp_path):
     for row, target, foil in zip(task.batch.items, task.batch.target_ids[:, 0], task.batch.foil_ids):
         assert int(target) - a0 == row["memory"] and int(foil) - a0 == row["context"]
     # the memory-vs-context analysis and a sweep run unchanged on it
-    from workbench.interventions.memory_context import head_contributions
+    from workbench.knowledge.memory_context import head_contributions
 
     contrib = head_contributions(subject, task.batch, "zero")
     assert contrib.shape == (len(task.batch), 2, 4) and np.isfinite(contrib).all()

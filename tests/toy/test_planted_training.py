@@ -9,7 +9,8 @@ the shipped models learn (that takes thousands of steps: benchmarks/planted_mech
 import pytest
 
 from workbench.toy.planted import check_detectors
-from workbench.toy.train import TrainConfig, list_checkpoints, train
+from workbench.toy.run_folder import list_checkpoints
+from workbench.toy.train import TrainConfig, train
 
 MODEL = {"hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2}
 RUNS = {

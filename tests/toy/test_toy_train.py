@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from workbench.cli import main
 from workbench.errors import InputError
-from workbench.toy.train import TrainConfig, checkpoint_steps, list_checkpoints, lr_at, train
+from workbench.toy.run_folder import list_checkpoints
+from workbench.toy.train import TrainConfig, checkpoint_steps, lr_at, train
 from workbench.toy.trajectory import load_run, phase_change, summary
 from workbench.viz.training import lag_crp_over_training, loss_curve, score_trajectories
 

@@ -29,7 +29,6 @@ from ..errors import InputError
 Progress = Callable[[int], object]
 Worker = Callable[[Any, "Progress | None"], Any]
 Make = Callable[[Any], Worker]
-EXECUTORS = ("local", "ray")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,22 +107,3 @@ class LocalExecutor(Executor):
 
     def __repr__(self) -> str:
         return "LocalExecutor()"
-
-
-def get_executor(executor: "str | Executor | None" = "local", **options) -> Executor:
-    """An Executor from a name ('local', 'ray'; ``options`` go to its constructor) or an Executor itself."""
-    if isinstance(executor, Executor):
-        if options:
-            raise InputError(f"options {sorted(options)} are given with an executor object: set them on the object")
-        return executor
-    name = "local" if executor is None else str(executor).strip().lower()
-    if name == "local":
-        if any(v is not None for v in options.values()):
-            raise InputError(f"{', '.join(sorted(k for k, v in options.items() if v is not None))} "
-                             "only apply to executor='ray'")
-        return LocalExecutor()
-    if name == "ray":
-        from .ray_executor import RayExecutor
-
-        return RayExecutor(**{k: v for k, v in options.items() if v is not None})
-    raise InputError(f"unknown executor {executor!r}: use one of {', '.join(EXECUTORS)}")

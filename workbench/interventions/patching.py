@@ -69,7 +69,7 @@ def activation_patching(subject, base, source, metric: MetricFn, heads: Sequence
     return out
 
 
-class _PathRun(AttentionHook):
+class PathRun(AttentionHook):
     """Run 1 of path patching: sender <- source z, later layers' heads frozen at base z, receivers recorded."""
 
     def __init__(self, sender: Head, z_source, z_base, receivers: Sequence[Head]):
@@ -108,7 +108,7 @@ def path_patching(subject, base, source, sender: Head, metric: MetricFn,
     z_base = head_z(subject, base, layers=later) if later else {}
     z_source = head_z(subject, source, layers=[sender[0]])[sender[0]][:, :, sender[1]]
     ref = _metric_of(subject, base, metric)
-    run1 = _PathRun(sender, z_source, z_base, receivers or [])
+    run1 = PathRun(sender, z_source, z_base, receivers or [])
     with hooks_active(run1):
         patched = _metric_of(subject, base, metric)
     if receivers is None:

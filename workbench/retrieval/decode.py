@@ -1,6 +1,7 @@
 """Greedy decoding with the KV cache, recording each head's top-1 key at every step (Wu et al. 2024's loop).
 
-As in the authors' code, the prompt minus its last token is prefilled once; each decoding step feeds
+As in the authors' code, the prompt minus its last token is prefilled once (``workbench.models.decoding.prefill``);
+each decoding step feeds
 one token, so the attention call of every layer has a single query, and :class:`TopKeyRecorder`
 (an ``on_pattern`` hook on the workbench attention) keeps the arg-max key of every head. One prefill
 serves several decoding runs (e.g. intact and with heads masked): the cache is copied per run.
@@ -16,6 +17,7 @@ import torch
 from ..errors import InputError
 from ..interventions import ZeroQuery, apply
 from ..models.attention import AttentionCall, AttentionHook, hooks_active
+from ..models.decoding import Prefilled, StopTokens, response_text
 from ..patterns.memory import ModelDims, Prediction, forward_peak
 
 
@@ -49,34 +51,12 @@ class TopKeyRecorder(AttentionHook):
 
 
 @dataclass
-class Prefilled:
-    """A batch of equal-length prompts after the prefill of all but their last token."""
-
-    input_ids: torch.Tensor  # (B, N) on the model's device
-    cache: object
-
-
-@dataclass
 class Decoded:
     """Greedy continuations of one batch: per row the generated ids up to and including the stop token."""
 
     tokens: list[list[int]]
     texts: list[str]
     top_keys: list[torch.Tensor] | None  # per row (T_row, L, H) top-1 key positions, or None
-
-
-@torch.no_grad()
-def prefill(subject, input_ids: torch.Tensor, mask_heads=()) -> Prefilled:
-    """Run all but the last token of each prompt (B, N >= 2) through the model, keeping the KV cache."""
-    ids = torch.as_tensor(input_ids)
-    ids = ids[None] if ids.ndim == 1 else ids
-    if ids.ndim != 2 or ids.shape[1] < 2:
-        raise InputError(f"decoding needs prompts of at least 2 tokens as a (batch, tokens) tensor, got {tuple(ids.shape)}")
-    ids = subject.as_batch(ids)["input_ids"]
-    specs = [ZeroQuery(list(mask_heads))] if mask_heads else []
-    with apply(subject, *specs):
-        out = subject.model(input_ids=ids[:, :-1], use_cache=True, **subject.logits_kwargs(False))
-    return Prefilled(ids, out.past_key_values)
 
 
 def predict_decoding(dims: ModelDims, batch: int, n_tokens: int, max_new_tokens: int, *,
@@ -93,20 +73,6 @@ def predict_decoding(dims: ModelDims, batch: int, n_tokens: int, max_new_tokens:
     dec = forward_peak(dims, batch, 1, device_type=device_type, n_logits=1, kept=0,
                        layer_extra=2 * cache + layer)  # decoding holds the caches on the compute device
     return pre if pre.peak >= dec.peak else dec
-
-
-def _stops(subject, token: int, stop_at_newline: bool, cache: dict) -> bool:
-    if token not in cache:
-        special = token in set(getattr(subject.tokenizer, "all_special_ids", []) or [])
-        eos = subject.tokenizer.eos_token_id
-        cache[token] = token == eos or special or (stop_at_newline and "\n" in subject.tokenizer.decode([token]))
-    return cache[token]
-
-
-def response_text(subject, tokens: list[int], stop_at_newline: bool = True) -> str:
-    """The decoded answer: special tokens dropped, cut at the first newline if asked, stripped."""
-    text = subject.tokenizer.decode(tokens, skip_special_tokens=True)
-    return (text.split("\n")[0] if stop_at_newline else text).strip()
 
 
 @torch.no_grad()
@@ -126,7 +92,7 @@ def decode(subject, state: Prefilled, max_new_tokens: int = 50, stop_at_newline:
     tokens: list[list[int]] = [[] for _ in range(batch)]
     tops: list[list[torch.Tensor]] = [[] for _ in range(batch)]
     done = [False] * batch
-    stop_cache: dict = {}
+    stops = StopTokens(subject, stop_at_newline)
     inp = state.input_ids[:, -1:]
     hooks = [recorder] if recorder else []
     with apply(subject, *specs), hooks_active(*hooks):
@@ -143,7 +109,7 @@ def decode(subject, state: Prefilled, max_new_tokens: int = 50, stop_at_newline:
                 tokens[row].append(token)
                 if step_tops is not None:
                     tops[row].append(step_tops[row])
-                done[row] = _stops(subject, token, stop_at_newline, stop_cache)
+                done[row] = stops(token)
             if all(done):
                 break
             inp = nxt[:, None]

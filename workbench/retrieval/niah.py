@@ -17,12 +17,14 @@ import pandas as pd
 
 from ..errors import InputError
 from ..inputs import as_heads
+from ..interventions import ZeroQuery, apply
+from ..models.decoding import prefill
 from ..patterns.capture import memory_plan, too_big
 from ..patterns.memory import Budget, ModelDims, largest_step, steady_allocator
 from ..progress import progress
 from ..scores.intervals import ItemScores
 from ..stimuli.niah import NeedleTest
-from .decode import decode, predict_decoding, prefill
+from .decode import decode, predict_decoding
 from .scoring import CORRECT_RECALL, mean_over_correct, retrieval_score, rouge1_recall
 
 Head = tuple[int, int]
@@ -142,7 +144,11 @@ def answer_tests(subject, tests: Sequence[NeedleTest], masks: dict[str, list[Hea
     ids = np.stack([t.input_ids.numpy() for t in tests])
     shared = None if mask_prefill else prefill(subject, ids)
     for name, heads in masks.items():
-        state = prefill(subject, ids, heads) if mask_prefill else shared
+        if mask_prefill:
+            with apply(subject, *([ZeroQuery(list(heads))] if heads else [])):
+                state = prefill(subject, ids)
+        else:
+            state = shared
         out = decode(subject, state, max_new_tokens, stop_at_newline, mask_heads=heads, record=name in recorded)
         for i, t in enumerate(tests):
             recall = rouge1_recall(t.needle.answer, out.texts[i])

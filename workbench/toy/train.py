@@ -22,15 +22,15 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..io import atomic_write, atomic_write_json
+from ..io import atomic_write_json
 from ..models.subject import resolve_device
 from ..progress import progress
 from .config import ToyConfig
 from .data import GENERATORS, ToyBatch, make_batch
+from .trajectory import ScoreConfig, score_missing
+from .run_folder import (CONFIG_FILE, EVAL_FILE, LOG_FILE, OPTIMIZER_FILE, STATE_FILE, checkpoint_dir,
+                         list_checkpoints, read_table, write_table)
 
-CONFIG_FILE, LOG_FILE, EVAL_FILE = "train_config.json", "log.parquet", "evals.parquet"
-CHECKPOINTS = "checkpoints"
-STATE_FILE, OPTIMIZER_FILE = "state.json", "optimizer.safetensors"
 
 
 @dataclass
@@ -70,8 +70,6 @@ class TrainConfig:
         if problems:
             raise InputError("bad training config: " + "; ".join(problems))
         self.model_config()  # checks the model fields
-        from .trajectory import ScoreConfig
-
         ScoreConfig.from_dict(self.scores)  # checks the score fields
 
     def model_config(self) -> ToyConfig:
@@ -153,20 +151,6 @@ def segment_losses(losses: torch.Tensor, batch: ToyBatch) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ checkpoints
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step-{step:07d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints of a run as (step, folder), in step order."""
-    root = Path(run_dir) / CHECKPOINTS
-    found = []
-    for folder in root.glob("step-*") if root.is_dir() else []:
-        if (folder / STATE_FILE).is_file() and folder.name[5:].isdigit():
-            found.append((int(folder.name[5:]), folder))
-    return sorted(found)
-
-
 def save_model(model, tokenizer, folder: str | Path) -> Path:
     """Write weights (safetensors), HF config and tokenizer into ``folder`` (loadable with ``wb.load(folder)``)."""
     from transformers.utils import logging as hf_logging
@@ -209,15 +193,6 @@ def load_optimizer(optimizer, folder: Path) -> None:
         state.setdefault(int(idx), {})[name] = value
     groups = json.loads((folder / STATE_FILE).read_text())["param_groups"]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def write_table(path: Path, frame: pd.DataFrame) -> None:
-    """Write a DataFrame as Parquet atomically."""
-    atomic_write(path, lambda p: frame.to_parquet(p, index=False))
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path) if Path(path).is_file() else pd.DataFrame()
 
 
 # ------------------------------------------------------------------ training
@@ -283,8 +258,6 @@ def evaluate(model, config: TrainConfig, device) -> dict[str, float]:
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = True, score: bool = True,
           device: str | None = None) -> Path:
     """Train (or resume) a toy model into ``out_dir``; checkpoint, evaluate and score on the log schedule."""
-    from .trajectory import score_missing
-
     run_dir = Path(out_dir)
     device = resolve_device(device or config.device)
     subject, optimizer, log, last = _start(config, run_dir, resume, device)

@@ -28,7 +28,7 @@ from scipy.special import expit
 from ..errors import InputError
 from ..io import atomic_write_json
 from ..progress import progress
-from .train import CONFIG_FILE, EVAL_FILE, LOG_FILE, list_checkpoints, read_table, write_table
+from .run_folder import CONFIG_FILE, EVAL_FILE, LOG_FILE, list_checkpoints, read_config, read_table, write_table
 
 ATLAS_FILE, ATLAS_META, LAG_FILE = "atlas.parquet", "atlas.json", "lag_crp.parquet"
 CMR_COLUMNS = {
@@ -143,11 +143,9 @@ def _append(path: Path, rows: pd.DataFrame, step: int) -> pd.DataFrame:
 def score_missing(run_dir: str | Path, subject=None, rescore: bool = False, device=None) -> pd.DataFrame:
     """Score every checkpoint of the run that has no rows in its atlas table yet (all of them if ``rescore``)."""
     from ..models import from_pretrained_folder
-    from .train import TrainConfig
-
     run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
-    scores = ScoreConfig.from_dict(config.scores)
+    config = read_config(run_dir)  # written whole by train(): every TrainConfig field
+    scores = ScoreConfig.from_dict(config["scores"])
     table = read_table(run_dir / ATLAS_FILE)
     done = set() if rescore or table.empty else set(table["step"].unique().tolist())
     todo = [(s, f) for s, f in list_checkpoints(run_dir) if s not in done]
@@ -156,7 +154,7 @@ def score_missing(run_dir: str | Path, subject=None, rescore: bool = False, devi
     if subject is None:
         from . import ToyForCausalLM  # noqa: F401  (registers the architecture)
 
-        subject = from_pretrained_folder(config.name, todo[0][1], device=device)
+        subject = from_pretrained_folder(config["name"], todo[0][1], device=device)
     from safetensors.torch import load_file
 
     current = {k: v.detach().clone() for k, v in subject.model.state_dict().items()}
@@ -166,14 +164,14 @@ def score_missing(run_dir: str | Path, subject=None, rescore: bool = False, devi
             weights = load_file(str(folder / "model.safetensors"), device=str(subject.device))
             subject.model.load_state_dict(weights, strict=False)
             subject.model.eval()
-            atlas, lag = score_checkpoint(subject, step, scores, config.data)
+            atlas, lag = score_checkpoint(subject, step, scores, config["data"])
             table = _append(run_dir / ATLAS_FILE, atlas.table.assign(step=step), step)
             if lag is not None:
                 _append(run_dir / LAG_FILE, lag, step)
             meta = atlas.meta
     finally:
         subject.model.load_state_dict(current)
-    atomic_write_json(run_dir / ATLAS_META, {**meta, "model": config.name, "scores": dataclasses.asdict(scores)})
+    atomic_write_json(run_dir / ATLAS_META, {**meta, "model": config["name"], "scores": dataclasses.asdict(scores)})
     return table
 
 
@@ -224,7 +222,7 @@ def load_run(run_dir: str | Path) -> Run:
         raise InputError(f"{run_dir} is not a training run (no {CONFIG_FILE}): pass the --out folder of "
                          "`workbench train`")
     meta_path = run_dir / ATLAS_META
-    return Run(run_dir, json.loads((run_dir / CONFIG_FILE).read_text()), read_table(run_dir / LOG_FILE),
+    return Run(run_dir, read_config(run_dir), read_table(run_dir / LOG_FILE),
                read_table(run_dir / EVAL_FILE), read_table(run_dir / ATLAS_FILE), read_table(run_dir / LAG_FILE),
                json.loads(meta_path.read_text()) if meta_path.is_file() else {})
 

@@ -30,7 +30,7 @@ import torch
 
 from ...errors import InputError
 from ...interventions import activation_patching
-from ...interventions.memory_context import head_contributions
+from ...knowledge.memory_context import head_contributions
 from ...retrieval import run_niah, top_heads
 from ...scanning import scan
 from ...sweeps import run_sweep

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from workbench.errors import InputError
-from workbench.interventions.memory_context import (conflict_diff, following, head_contributions,
+from workbench.knowledge.memory_context import (conflict_diff, following, head_contributions,
                                                     pruning_experiment, split_items, top_heads)
 from workbench.tasks import answer_batch
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from workbench.errors import InputError
-from workbench.interventions.contrastive import contrastive_generate, contrastive_scores, entropy_alpha
+from workbench.knowledge.contrastive import contrastive_generate, contrastive_scores, entropy_alpha
 from workbench.models.attention import AttentionHook, hooks_active
 
 HEADS = [(0, 1), (1, 2)]

@@ -8,7 +8,7 @@ question; target o_m = the memory answer, foil o_c = the context answer) the met
 Three estimators, per item (B, L, H):
 
 - ``"path"`` (PH3's definition): path patching from the head to the logits with a zero source
-  (``patching._PathRun``: the head's z set to 0, every head of later layers frozen at its clean z, MLPs
+  (``patching.PathRun``: the head's z set to 0, every head of later layers frozen at its clean z, MLPs
   recomputed), one forward per head; exact, slow.
 - ``"zero"``: the total effect of zero-ablating the head (every downstream path), exact, batched through the
   sweep engine (``workbench.sweeps.evaluate_cells``).
@@ -35,14 +35,13 @@ import torch
 
 from ..errors import InputError
 from ..inputs import as_heads
+from ..interventions import ZeroHead, apply
+from ..interventions.patching import GradProbe, PathRun, frozen_parameters, head_z
 from ..models.attention import hooks_active
 from ..progress import progress
 from ..sweeps import Zero, baseline_values, evaluate_cells
 from ..tasks.base import TaskBatch, gather_targets, metric_values
 from ..tasks.metrics import METRICS
-from .hook import apply
-from .patching import GradProbe, _PathRun, frozen_parameters, head_z
-from .specs import ZeroHead
 
 Head = tuple[int, int]
 METHODS = ("attribution", "zero", "path")
@@ -95,7 +94,7 @@ def _path(subject, batch: TaskBatch, heads: list[Head]) -> np.ndarray:
     base = conflict_diff(subject, batch)
     out = np.full((len(batch), subject.n_layers, subject.n_heads), np.nan)
     for layer, head in progress(heads, desc="path patching"):
-        run = _PathRun((layer, head), torch.zeros_like(z_base[layer][:, :, head]), z_base, [])
+        run = PathRun((layer, head), torch.zeros_like(z_base[layer][:, :, head]), z_base, [])
         with hooks_active(run):
             out[:, layer, head] = base - metric_values(subject, batch, [METRICS["logit_diff"]],
                                                        batch_size=len(batch))["logit_diff"]

@@ -3,7 +3,7 @@
 Two runs share the prompt's KV cache: the base model, and the same model with the given (retrieval) heads
 masked by query zeroing (``ZeroQuery``: uniform attention, Wu et al. 2024's masking, as ``workbench.retrieval``
 uses). As in METHODS.md §9 the heads are masked only for the decoded tokens (the prompt minus its last token is
-prefilled once, unmasked, by ``workbench.retrieval.decode.prefill``; the cache is copied per run). The
+prefilled once, unmasked, by ``workbench.models.decoding.prefill``; the cache is copied per run). The
 next-token score is ``(1 + alpha) log p_base - alpha log p_masked`` (= ``(1 + alpha) base - alpha masked`` on
 logits up to a per-step constant, so the greedy choice is the same); ``alpha="entropy"`` is the paper's
 entropy variant, alpha_t = H(p_base) in nats (optionally capped at ``alpha_cap``). Greedy decoding.
@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from ..retrieval.decode import _stops, prefill
-from .hook import apply
-from .specs import ZeroQuery
+from ..interventions import ZeroQuery, apply
+from ..models.decoding import StopTokens, prefill
 
 
 def contrastive_scores(base_logits: torch.Tensor, masked_logits: torch.Tensor, alpha) -> torch.Tensor:
@@ -67,7 +66,7 @@ def contrastive_generate(subject, prompt, heads, alpha=0.5, max_new_tokens: int 
     caches = [copy.deepcopy(state.cache), copy.deepcopy(state.cache)]
     mask = ZeroQuery(heads)
     inp = state.input_ids[:, -1:]
-    tokens, alphas, stop_cache = [], [], {}
+    tokens, alphas, stops = [], [], StopTokens(subject, stop_at_newline)
     for _ in range(max_new_tokens):
         base = subject.model(input_ids=inp, past_key_values=caches[0], use_cache=True)
         with apply(subject, mask):
@@ -77,7 +76,7 @@ def contrastive_generate(subject, prompt, heads, alpha=0.5, max_new_tokens: int 
         token = int(contrastive_scores(base.logits[:, -1], masked.logits[:, -1], a).argmax(-1)[0])
         tokens.append(token)
         alphas.append(float(a[0]))
-        if _stops(subject, token, stop_at_newline, stop_cache):
+        if stops(token):
             break
         inp = torch.tensor([[token]], device=inp.device)
     text = subject.tokenizer.decode(tokens, skip_special_tokens=True)
