@@ -340,7 +340,8 @@ def end_to_end(bench: Bench, spec: str, requests=("scan", "stats"), before: int 
     tokens, for each request; CPU: interleaved, median of --repeats; up to `before` tokens also the reference
     backend (what "auto" ran on the CPU before the fast path), timed once after the others."""
     from workbench.patterns import capture_stats
-    from workbench.patterns.capture import predict_capture_bytes, select_heads
+    from workbench.patterns.capture import predict_capture, select_heads
+    from workbench.patterns.memory import ModelDims
 
     name, n = spec.split(":")
     n = int(n)
@@ -377,7 +378,8 @@ def end_to_end(bench: Bench, spec: str, requests=("scan", "stats"), before: int 
         cap = capture_stats(subject, ids, req)
         stat = "entropy" if req.entropy else "lag_mass"
         finite = all(bool(torch.isfinite(cap.stats[layer][stat]).all()) for layer in cap.stats)
-        eager = predict_capture_bytes(subject, select_heads(subject), 1, ids.shape[1])
+        eager = predict_capture(ModelDims.of(subject), select_heads(subject), 1, ids.shape[1],
+                                device_type=subject.device.type).peak
         row = dict(model=name, weights=weights, request=request, n=int(ids.shape[1]),
                    heads=subject.n_layers * subject.n_heads, plain_ms=ms_plain, plain_peak_gib=peak_plain,
                    stats_ms=ms_stats, stats_peak_gib=peak_stats, ratio=ms_stats / ms_plain, finite=finite,

@@ -135,11 +135,12 @@ def ground_truth(subject, items: PlantedItems, attention_threshold: float = ATTE
 
 
 def random_sets(n_layers: int, n_heads: int, k: int, exclude, n_draws: int, seed: int) -> list[list[Head]]:
-    """Up to ``n_draws`` distinct seeded sets of k heads outside ``exclude`` (fewer when fewer exist)."""
+    """Up to ``n_draws`` distinct seeded sets of k heads outside ``exclude`` (fewer when fewer exist; none when
+    fewer than k heads lie outside it, e.g. a set that covers most of a 2-layer model)."""
     skip = set(map(tuple, exclude))
     pool = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in skip]
     if len(pool) < k:
-        raise InputError(f"only {len(pool)} heads lie outside the set: cannot draw {k} random ones")
+        return []
     rng = np.random.default_rng(seed)
     found: list[list[Head]] = []
     for _ in range(50 * n_draws):
