@@ -383,13 +383,13 @@ def end_to_end(bench: Bench, spec: str, requests=("scan", "stats"), before: int 
         row = dict(model=name, weights=weights, request=request, n=int(ids.shape[1]),
                    heads=subject.n_layers * subject.n_heads, plain_ms=ms_plain, plain_peak_gib=peak_plain,
                    stats_ms=ms_stats, stats_peak_gib=peak_stats, ratio=ms_stats / ms_plain, finite=finite,
-                   eager_stored_gib=eager["stored"] / GIB, load=(load0, load1), before_ms=ms_before,
+                   exact_peak_gib=eager / GIB, load=(load0, load1), before_ms=ms_before,
                    before_peak_gib=peak_before)
         rows.append(row)
         print(f"e2e {name} ({weights}) {request} N={row['n']}: {row['heads']} heads, capture_stats {ms_stats:.1f} ms "
               f"(peak {fmt(peak_stats, '.2f')} GiB) vs plain forward {ms_plain:.1f} ms "
-              f"(peak {fmt(peak_plain, '.2f')} GiB): {row['ratio']:.2f}x; exact patterns would store "
-              f"{row['eager_stored_gib']:.3g} GiB; statistics finite: {finite}"
+              f"(peak {fmt(peak_plain, '.2f')} GiB): {row['ratio']:.2f}x; exact capture would peak at "
+              f"{row['exact_peak_gib']:.3g} GiB; statistics finite: {finite}"
               + ("" if ms_before is None else f"; before (reference backend) {ms_before:.1f} ms (peak "
                                               f"{fmt(peak_before, '.2f')} GiB) = {ms_before / ms_stats:.1f}x slower")
               + ("" if load0 is None else f"; load average {load0:.1f} -> {load1:.1f}"), flush=True)
@@ -429,7 +429,7 @@ def table(result: dict) -> str:
     if result.get("e2e"):
         lines += ["", "| model (weights) | request | N | heads | capture_stats ms | plain forward ms | ratio | "
                   "capture_stats GiB | plain GiB | before ms (reference backend) | before / now | before GiB | "
-                  "exact patterns would store GiB |",
+                  "exact capture peak GiB |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in result["e2e"]:
             before = r.get("before_ms")
@@ -437,7 +437,7 @@ def table(result: dict) -> str:
                          f"{r['stats_ms']:.1f} | {r['plain_ms']:.1f} | {r['stats_ms'] / r['plain_ms']:.2f} | "
                          f"{fmt(r['stats_peak_gib'], '.2f')} | {fmt(r['plain_peak_gib'], '.2f')} | "
                          f"{fmt(before, '.1f')} | {fmt(None if before is None else before / r['stats_ms'], '.1f')} | "
-                         f"{fmt(r.get('before_peak_gib'), '.2f')} | {r['eager_stored_gib']:.3g} |")
+                         f"{fmt(r.get('before_peak_gib'), '.2f')} | {r['exact_peak_gib']:.3g} |")
     return "\n".join(lines)
 
 
