@@ -4,7 +4,7 @@ configurations do not spill registers.
 
 Compilation runs in a subprocess without TRITON_INTERPRET (conftest.py sets it for the other kernel tests, and
 interpreted kernels cannot be compiled). The default run compiles the default request for bf16 at head sizes 64,
-128 and 256 on sm_90; the slow test the heaviest requests on sm_90.
+128 and 256 on sm_90 and sm_80; the slow test the heaviest requests on sm_90.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def check_rows(rows: list[dict]) -> None:
             assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{where} spills: {r}"
 
 
-def test_default_configurations_compile_for_hopper_without_spills(tmp_path):
-    rows = compile_rows(tmp_path, "--arch", "90", "--dtypes", "bf16", "--heads", "64", "128", "256",
+def test_default_configurations_compile_for_hopper_and_ampere_without_spills(tmp_path):
+    rows = compile_rows(tmp_path, "--arch", "90", "80", "--dtypes", "bf16", "--heads", "64", "128", "256",
                         "--cases", "default", "--jobs", "2")
     check_rows(rows)
-    kernels = {(r["head_dim"], r["kernel"]) for r in rows}
-    assert kernels == {(d, k) for d in (64, 128, 256) for k in ("stats", "target")}
+    kernels = {(r["arch"], r["head_dim"], r["kernel"]) for r in rows}
+    assert kernels == {(a, d, k) for a in (90, 80) for d in (64, 128, 256) for k in ("stats", "target")}
 
 
 @pytest.mark.slow
