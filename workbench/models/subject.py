@@ -142,7 +142,8 @@ class Subject:
     # ------------------------------------------------------------- tokens
     @property
     def bos_token_id(self) -> int | None:
-        return self.tokenizer.bos_token_id
+        """The tokenizer's BOS id (None when it has none, or for a Subject built without a tokenizer)."""
+        return getattr(self.tokenizer, "bos_token_id", None)
 
     @cached_property
     def adds_bos(self) -> bool:
