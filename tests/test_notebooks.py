@@ -1,6 +1,5 @@
 """Every notebook in notebooks/ executes headless from a clean kernel (small settings: WORKBENCH_SMALL=1)."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from workbench.cli import main
 from workbench.retrieval.niah import run_conditions

@@ -42,7 +42,7 @@ from ..models.attention import exact_scores, hooks_active, softmax_rows
 from ..patterns.memory import FLOAT32, available_bytes
 from ..progress import progress
 from ..tasks.base import TaskBatch, gather_targets
-from ..tasks.metrics import Metric, get_metric
+from ..tasks.metrics import get_metric
 from .ablations import Ablation, get_ablation
 from .residual import embed, logits_from, run_layers
 
